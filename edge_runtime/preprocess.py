@@ -1,0 +1,58 @@
+"""The one image -> tensor function, shared by edge-build and edge-run.
+
+A prototype table is only as good as the agreement between the pixels it was
+built from and the pixels seen on the device, so build and run must call the
+same code. The backbone contract: RGB, raw 0..255 float32, NCHW; the model
+normalises inside its graph.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# EfficientNet evaluation crop ratio: shorter side to 256 for a 224 crop.
+CROP_RATIO = 224 / 256
+
+
+def resize_short_side(image: np.ndarray, short: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    new_w, new_h = max(short, round(w * scale)), max(short, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interp)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def prepare(image_bgr: np.ndarray, size: int) -> np.ndarray:
+    """One BGR uint8 image (as OpenCV decodes it) -> float32 [3, size, size] RGB 0..255."""
+    if image_bgr.ndim == 2:
+        image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+    elif image_bgr.shape[2] == 4:
+        image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_BGRA2BGR)
+    short = round(size / CROP_RATIO)
+    crop = center_crop(resize_short_side(image_bgr, short), size)
+    rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+
+
+def prepare_batch(images_bgr: list[np.ndarray], size: int) -> np.ndarray:
+    """Several images -> float32 [N, 3, size, size]."""
+    out = np.empty((len(images_bgr), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images_bgr):
+        out[i] = prepare(image, size)
+    return out
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """Decode an image file to BGR uint8, or None when it is unreadable or corrupt."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return image

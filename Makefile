@@ -1,0 +1,44 @@
+# edge_runtime developer entry points. `make demo` and `make test` work on a fresh Debian/Ubuntu machine
+# with Python 3.10+; `make sysdeps` (run by .ci/run, needs root or sudo) installs the system packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export EDGE_CACHE_DIR ?= $(CURDIR)/.cache
+DEMO_OUT ?= out/demo
+
+.PHONY: setup demo test lint sysdeps clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "edge_runtime needs Python 3.10+"' \
+	  || { echo "make setup: Python 3.10 or newer is required (set PYTHON=python3.11)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) \
+	  || { echo "make setup: cannot create a venv; on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[build,dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/edge-build --profile dev-cpu --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts
+	$(VENV)/bin/ruff format --check edge_runtime tests benchmarks build_scripts
+
+bench: setup
+	$(PY) benchmarks/variants.py
+
+# System packages: mosquitto is the real broker the integration tests start on a loopback port.
+SYS_PACKAGES := mosquitto
+sysdeps:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then echo "sysdeps: mosquitto present"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYS_PACKAGES); fi
+
+clean:
+	rm -rf out .cache .pytest_cache

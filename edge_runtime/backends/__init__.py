@@ -1,0 +1,5 @@
+"""Inference backends behind one small interface, chosen through an explicit registry."""
+
+from edge_runtime.backends.base import Backend, available_backends, create_backend, first_available
+
+__all__ = ["Backend", "available_backends", "create_backend", "first_available"]

@@ -1,0 +1,417 @@
+"""edge-build, top to bottom: profile -> catalogue -> variants -> measure -> choose -> bundle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge_runtime import __version__
+from edge_runtime.backends import create_backend, first_available
+from edge_runtime.build import catalogue as cat
+from edge_runtime.build.choose import choose, format_table, violations
+from edge_runtime.build.footprint import MIB, measure_in_subprocess
+from edge_runtime.build.quantize import load_model, make_variant
+from edge_runtime.bundle import (
+    HEAD,
+    LABELS,
+    MODEL,
+    PROFILE,
+    PROTOTYPES,
+    Bundle,
+    json_bytes,
+    npz_bytes,
+    sha256_bytes,
+    sha256_file,
+    write_bundle,
+)
+from edge_runtime.errors import UsageError
+from edge_runtime.head.prototypes import PrototypeTable, class_centroids, l2_normalise, nearest
+from edge_runtime.profile import DeviceProfile, load_profile
+from edge_runtime.types import Accuracy, Candidate, Footprint, ModelVariant, VariantSpec
+
+log = logging.getLogger(__name__)
+
+# Frames the runtime keeps queued at the camera resolution; counted in the measured footprint.
+FRAME_QUEUE_DEPTH = 4
+EMBED_BATCH = 16
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGE_CACHE_DIR", Path.home() / ".cache" / "edge_runtime"))
+
+
+@dataclass
+class BuildOptions:
+    profile: str
+    out: Path
+    catalogue: Path | None = None  # None: the generated demo catalogue
+    model: Path | None = None  # None: the default EfficientNet-Lite0 backbone
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    seed: int = 0
+    holdout: float = 0.2
+    runs: int = 30
+
+
+@dataclass
+class BuildResult:
+    bundle: Bundle
+    chosen: Candidate
+    candidates: list[Candidate]
+    profile: DeviceProfile
+
+    def summary(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        return {
+            "bundle": str(self.bundle.root),
+            "tarball": str(self.bundle.root.parent / "bundle.tar.gz"),
+            "bundle_id": self.bundle.bundle_id,
+            "profile": self.profile.name,
+            "variant": self.chosen.spec.name,
+            "footprint_mib": round(self.chosen.footprint.total_mib, 2),
+            "budget_mib": self.profile.device.memory_budget_mib,
+            "headroom": m["headroom"],
+            "latency_ms": round(self.chosen.measurement.latency_ms_p50, 3),
+            "accuracy": round(self.chosen.accuracy.top1, 4),
+            "host_estimate": self.chosen.host_estimate,
+            "skus": m["catalogue"]["skus"],
+        }
+
+
+def resolve_catalogue(opts: BuildOptions) -> Path:
+    if opts.catalogue is not None:
+        return opts.catalogue
+    from edge_runtime.build.demo import generate_demo_catalogue
+
+    target = opts.cache_dir / "demo-catalogue"
+    log.info("no --catalogue given: using the generated demo catalogue in %s", target)
+    return generate_demo_catalogue(target, seed=opts.seed, unknown_dir=opts.cache_dir / "demo-unknown")
+
+
+def resolve_backbone(opts: BuildOptions) -> Path:
+    if opts.model is not None:
+        return opts.model
+    from edge_runtime.build.backbone import default_checkpoint_path, export_default_backbone
+
+    ckpt = default_checkpoint_path()
+    target = opts.cache_dir / "backbone" / f"efficientnet_lite0-{sha256_file(ckpt)[:12]}.onnx"
+    if not target.is_file():
+        log.info("exporting the default backbone (EfficientNet-Lite0) to %s", target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export_default_backbone(target)
+    return target
+
+
+def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:
+    """(backend to measure with here, whether figures are host estimates, why)."""
+    device_backend = profile.backend.prefer[0]
+    here, skipped = first_available(profile.backend.prefer)
+    host_arch = platform.machine().replace("arm64", "aarch64").replace("AMD64", "x86_64")
+    if here is None:
+        if not profile.backend.allow_fallback:
+            raise UsageError(
+                f"none of the profile's backends runs on this host ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})",
+                hint="build on the device, or set backend.allow_fallback = true to measure with a stand-in",
+            )
+        here = "onnxruntime-cpu"
+    reasons = []
+    if here != device_backend:
+        reasons.append(f"device runs {device_backend}, measured with {here}")
+    if host_arch != profile.device.arch:
+        reasons.append(f"device is {profile.device.arch}, this host is {host_arch}")
+    return here, bool(reasons), "; ".join(reasons)
+
+
+def _embed(model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: int, output: str) -> np.ndarray:
+    backend = create_backend("onnxruntime-cpu", model_path, threads=threads, embedding_output=output)
+    n = len(decoded.labels)
+    out = []
+    for start in range(0, n, EMBED_BATCH):
+        out.append(backend.embed(decoded.batch(size, np.arange(start, min(n, start + EMBED_BATCH)))))
+    backend.close()
+    return np.concatenate(out)
+
+
+def _top1(table: PrototypeTable, feats: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    if len(labels) == 0:
+        return float("nan"), np.zeros(0, dtype=np.int64)
+    idx, _ = nearest(table, feats, k=1)
+    pred = idx[:, 0]
+    return float((pred == labels).mean()), pred
+
+
+def run_build(opts: BuildOptions) -> BuildResult:
+    t_start = time.perf_counter()
+    profile = load_profile(opts.profile)
+    b = profile.backend
+    catalogue_path = resolve_catalogue(opts)
+    backbone_path = resolve_backbone(opts)
+    backbone = load_model(backbone_path)
+    output_names = [o.name for o in backbone.graph.output]
+    if b.embedding_output not in output_names:
+        raise UsageError(
+            f"{backbone_path}: no output named {b.embedding_output!r} (outputs: {', '.join(output_names)})",
+            hint="set backend.embedding_output in the profile",
+        )
+
+    catalogue = cat.load_catalogue(catalogue_path)
+    log.info("catalogue %s: %d SKUs, %d images", catalogue_path, len(catalogue.skus), len(catalogue.items))
+    decoded = cat.decode_catalogue(catalogue, list(b.input_sizes), progress=True)
+    if decoded.catalogue.skipped:
+        log.warning("%d catalogue image(s) skipped as unreadable", len(decoded.catalogue.skipped))
+    labels = decoded.labels
+    n_classes = len(decoded.catalogue.skus)
+    train_idx, eval_idx = cat.holdout_split(labels, opts.holdout, opts.seed)
+    calib_idx = cat.stratified_sample(labels[train_idx], b.calibration_images, opts.seed)
+    calib_idx = train_idx[calib_idx]
+
+    backend_here, host_estimate, estimate_reason = measurement_backend(profile)
+    if host_estimate:
+        log.warning("figures are host estimates (%s); confirm on the device with edge-bench", estimate_reason)
+    camera = profile.cameras[0]
+    frame_bytes = FRAME_QUEUE_DEPTH * camera.width * camera.height * 3
+
+    work = opts.out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    candidates: list[Candidate] = []
+    variant_files: dict[ModelVariant, Path] = {}
+    full_feats: dict[ModelVariant, np.ndarray] = {}
+    precisions = list(b.precisions)
+    for size in b.input_sizes:
+        fp32_feats: np.ndarray | None = None
+        # fp32 first: every other precision is compared with it at the same input size.
+        for precision in sorted(set(precisions) | {"fp32"}, key=["fp32", "fp16", "int8"].index):
+            variant = ModelVariant(precision, size)  # type: ignore[arg-type]
+            log.info("variant %s: preparing model", variant.name)
+            t0 = time.perf_counter()
+            calibration = decoded.batch(size, calib_idx) if precision == "int8" else None
+            model = make_variant(backbone, precision, size, calibration)  # type: ignore[arg-type]
+            path = work / f"model-{variant.name}.onnx"
+            onnx.save(model, str(path))
+            feats = _embed(path, decoded, size, b.threads, b.embedding_output)
+            log.info("variant %s: embedded %d images in %.1f s", variant.name, len(feats), time.perf_counter() - t0)
+            if precision == "fp32":
+                fp32_feats = feats
+            assert fp32_feats is not None
+            if precision not in precisions:
+                continue  # fp32 was only the reference
+            variant_files[variant] = path
+            full_feats[variant] = feats
+            candidates.extend(
+                _candidates_for(
+                    variant, path, feats, fp32_feats, labels, train_idx, eval_idx, n_classes, profile,
+                    backend_here, host_estimate, frame_bytes, opts.runs,
+                )  # fmt: skip
+            )
+
+    for c in candidates:
+        log.info("  %s: %.1f MiB, %.2f ms, top-1 %.1f%%", c.spec.name, c.footprint.total_mib,
+                 c.measurement.latency_ms_p50, 100 * c.accuracy.top1)  # fmt: skip
+    chosen = choose(candidates)
+    log.info("chose %s", chosen.spec.name)
+
+    # The shipped table uses every catalogue image; the held-out split only served to rank variants.
+    centroids = class_centroids(full_feats[chosen.spec.model], labels, n_classes)
+    table = PrototypeTable.from_float(centroids, chosen.spec.table_precision)
+    model_bytes = variant_files[chosen.spec.model].read_bytes()
+    skus = decoded.catalogue.skus
+    labels_doc = [{"index": i, "sku": s.code, "name": s.name, "group": s.group} for i, s in enumerate(skus)]
+    head_doc = {
+        "kind": "nearest-centroid",
+        "metric": "cosine",
+        "table_precision": chosen.spec.table_precision,
+        "top_k": 5,
+    }
+    profile_doc = profile.model_dump(mode="json")
+    table_text = format_table(candidates, chosen)
+    budget = float(profile.device.memory_budget_mib)
+    manifest: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": {
+            "name": profile.name,
+            "sha256": profile.content_hash(),
+            "files": [p.name for p in profile.source_files],
+        },
+        "backbone": {
+            "sha256": sha256_file(backbone_path),
+            "source": "default EfficientNet-Lite0" if opts.model is None else backbone_path.name,
+            "embedding_output": b.embedding_output,
+        },
+        "model": {"file": MODEL, "sha256": sha256_bytes(model_bytes), "input_size": chosen.spec.model.input_size,
+                  "precision": chosen.spec.model.precision, "embedding_dim": int(centroids.shape[1])},
+        "variant": chosen.as_row(),
+        "footprint": {
+            "total_mib": round(chosen.footprint.total_mib, 2),
+            "process_peak_mib": round(chosen.footprint.process_peak_mib, 2),
+            "table_mib": round(chosen.footprint.table_mib, 4),
+            "gpu_mib": round(chosen.footprint.gpu_mib, 2),
+            "frame_queue_mib": round(frame_bytes / MIB, 2),
+        },
+        "budget_mib": budget,
+        "min_headroom": profile.device.min_headroom,
+        "headroom": round(1.0 - chosen.footprint.total_mib / budget, 4),
+        "accuracy": {
+            "top1_heldout": round(chosen.accuracy.top1, 4),
+            "n_eval": chosen.accuracy.n_eval,
+            "cosine_to_fp32_mean": round(chosen.accuracy.cosine_to_fp32_mean, 5),
+        },
+        "measurement": {
+            "backend": backend_here,
+            "host_estimate": host_estimate,
+            "why_estimate": estimate_reason,
+            "host": f"{platform.machine()} {platform.system()} {os.cpu_count()} cpu",
+            "threads": b.threads,
+        },
+        "catalogue": {
+            "source": Path(catalogue_path).name,
+            "skus": len(skus),
+            "images": len(labels),
+            "skipped": [[p.name, why] for p, why in decoded.catalogue.skipped],
+        },
+        "decision_table": [c.as_row() for c in candidates],
+        "tool_versions": _tool_versions(),
+    }
+    report = _report(profile, manifest, table_text)
+    members = {
+        MODEL: model_bytes,
+        PROTOTYPES: npz_bytes(table.to_arrays()),
+        LABELS: json_bytes(labels_doc),
+        HEAD: json_bytes(head_doc),
+        PROFILE: json_bytes(profile_doc),
+        "report/build_report.md": report.encode("utf-8"),
+    }
+    bundle = write_bundle(opts.out, members, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("bundle written to %s in %.1f s", bundle.root, time.perf_counter() - t_start)
+    return BuildResult(bundle=bundle, chosen=chosen, candidates=candidates, profile=profile)
+
+
+def _candidates_for(
+    variant: ModelVariant,
+    path: Path,
+    feats: np.ndarray,
+    fp32_feats: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    eval_idx: np.ndarray,
+    n_classes: int,
+    profile: DeviceProfile,
+    backend_here: str,
+    host_estimate: bool,
+    frame_bytes: int,
+    runs: int,
+) -> list[Candidate]:
+    b = profile.backend
+    log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
+    measurement = measure_in_subprocess(
+        path, backend=backend_here, threads=b.threads, frame_bytes=frame_bytes, runs=runs,
+        embedding_output=b.embedding_output,
+    )  # fmt: skip
+    cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)
+    centroids = class_centroids(feats[train_idx], labels[train_idx], n_classes)
+    ref_table = PrototypeTable.from_float(class_centroids(fp32_feats[train_idx], labels[train_idx], n_classes), "fp32")
+    _, ref_pred = _top1(ref_table, fp32_feats[eval_idx], labels[eval_idx])
+    out = []
+    for tp in b.table_precisions:
+        table = PrototypeTable.from_float(centroids, tp)
+        top1, pred = _top1(table, feats[eval_idx], labels[eval_idx])
+        accuracy = Accuracy(
+            top1=top1,
+            n_eval=len(eval_idx),
+            cosine_to_fp32_mean=float(cos.mean()),
+            cosine_to_fp32_min=float(cos.min()),
+            top1_agreement_fp32=float((pred == ref_pred).mean()) if len(pred) else float("nan"),
+        )
+        footprint = Footprint(
+            process_peak_mib=measurement.peak_rss_mib,
+            table_mib=table.nbytes / MIB,
+            model_file_mib=path.stat().st_size / MIB,
+            gpu_mib=measurement.gpu_mib,
+        )
+        broken = violations(
+            footprint.total_mib,
+            measurement.latency_ms_p50,
+            budget_mib=profile.device.memory_budget_mib,
+            min_headroom=profile.device.min_headroom,
+            max_latency_ms=b.max_latency_ms,
+            enforce_latency=not host_estimate,
+        )
+        out.append(
+            Candidate(
+                spec=VariantSpec(variant, tp),
+                footprint=footprint,
+                measurement=measurement,
+                accuracy=accuracy,
+                model_path=path,
+                host_estimate=host_estimate,
+                violations=broken,
+            )
+        )
+    return out
+
+
+def _tool_versions() -> dict[str, str]:
+    import cv2
+    import onnxruntime
+
+    return {
+        "edge_runtime": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def _report(profile: DeviceProfile, manifest: dict[str, Any], table_text: str) -> str:
+    m = manifest
+    lines = [
+        f"# Build report: {profile.name}",
+        "",
+        f"- created: {m['created']}",
+        f"- catalogue: {m['catalogue']['skus']} SKUs, {m['catalogue']['images']} images "
+        f"({len(m['catalogue']['skipped'])} skipped)",
+        f"- chosen variant: **{m['variant']['variant']}**",
+        f"- footprint: {m['footprint']['total_mib']:.1f} MiB of {m['budget_mib']:.0f} MiB "
+        f"(headroom {m['headroom']:.1%}, minimum {m['min_headroom']:.0%})",
+        f"- held-out top-1 (nearest centroid): {m['accuracy']['top1_heldout']:.1%} on {m['accuracy']['n_eval']} images",
+        f"- measured with {m['measurement']['backend']} on {m['measurement']['host']}"
+        + (f" — host estimate: {m['measurement']['why_estimate']}" if m["measurement"]["host_estimate"] else ""),
+        "",
+        "## Decision table",
+        "",
+        "```",
+        table_text,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_text(result: BuildResult) -> str:
+    s = result.summary()
+    est = " (host estimate: confirm with edge-bench on the device)" if s["host_estimate"] else ""
+    return (
+        f"edge-build {s['profile']}: {s['variant']} for {s['skus']} SKUs\n"
+        f"  footprint {s['footprint_mib']:.1f} MiB of {s['budget_mib']} MiB budget, headroom {s['headroom']:.1%}\n"
+        f"  latency {s['latency_ms']:.2f} ms per image{est}\n"
+        f"  held-out top-1 {s['accuracy']:.1%}\n"
+        f"  bundle {s['bundle']}\n"
+        f"  tarball {s['tarball']}\n"
+        f"  bundle id {s['bundle_id']}"
+    )
+
+
+def dumps_summary(result: BuildResult) -> str:
+    return json.dumps(result.summary(), sort_keys=True)

@@ -1,0 +1,711 @@
+"""Device profiles: one validated TOML file per device class.
+
+A profile says what a device can afford (memory budget, latency ceiling, which
+backends and precisions exist on it), what it looks at (cameras, regions) and
+how it talks to the store (MQTT, outbox, metrics). edge-build picks a model
+variant against it, edge-run runs with it, edge-bench checks it on hardware.
+
+Profiles may ``extends = "other"`` a parent. Tables merge key by key, arrays and
+scalars in the child replace the parent's, and the merged result is validated
+once. Every problem is reported at once, each against the file in the extends
+chain that actually set the offending key::
+
+    invalid device profile cart-v2.toml (2 problems)
+      - cart-v2.toml: device.memory_budget_mib: Input should be greater than or equal to 16
+      - jetson-orin-base.toml: backend.precison: unknown key (allowed: prefer, precisions, ...)
+
+Loading is strict: TOML is typed, so ``port = "1883"`` is an error, not a
+silent conversion, and infinities/NaN are rejected for every float.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from edge_runtime.errors import ProfileError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PROFILES_ENV",
+    "Backend",
+    "BackendName",
+    "Camera",
+    "Device",
+    "DeviceProfile",
+    "Health",
+    "Metrics",
+    "Mqtt",
+    "Outbox",
+    "Precision",
+    "Readiness",
+    "Regions",
+    "Routing",
+    "Sampler",
+    "list_profiles",
+    "load_profile",
+    "profile_search_dirs",
+    "resolve_profile_path",
+]
+
+PROFILES_ENV = "EDGE_PROFILES_DIR"
+DEFAULT_PROFILE = "dev-cpu"
+PROFILE_SUFFIX = ".toml"
+EXTENDS_KEY = "extends"
+
+# <repo root>/device_profiles, where the repo root is the parent of this package.
+_REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_HINT = "compare with device_profiles/dev-cpu.toml (complete and commented); the schema is edge_runtime/profile.py"
+
+Precision = Literal["fp32", "fp16", "int8"]
+BackendName = Literal["tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+InputSize = Annotated[int, Field(ge=96, le=512, multiple_of=32)]
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    dupes = [v for v in values if v in seen or seen.add(v)]
+    if dupes:
+        raise ValueError(f"duplicate entries: {', '.join(map(str, dict.fromkeys(dupes)))}")
+    return values
+
+
+def _check_box(box: list[int]) -> list[int]:
+    if len(box) != 4:
+        raise ValueError(f"a region box is [x, y, w, h] (4 integers); got {len(box)}")
+    x, y, w, h = box
+    if x < 0 or y < 0:
+        raise ValueError(f"box x and y must be >= 0; got x={x}, y={y}")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"box w and h must be > 0; got w={w}, h={h}")
+    return box
+
+
+Box = Annotated[list[int], AfterValidator(_check_box)]
+
+
+class Device(BaseModel):
+    """What the device is and how much memory the recognition service may use."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(
+        pattern=_NAME_PATTERN,
+        description="Device class name (1-64 chars of A-Z a-z 0-9 . _ -); the default MQTT device id.",
+    )
+    platform: str = Field(min_length=1, description="Hardware platform label, e.g. 'jetson-orin-nano-8gb'.")
+    arch: Literal["x86_64", "aarch64"] = Field(description="CPU architecture the engines are built for.")
+    memory_budget_mib: int = Field(
+        ge=16,
+        le=1_048_576,
+        description="Memory (MiB) the recognition service may use: model, engine workspace, table, buffers.",
+    )
+    min_headroom: FiniteFloat = Field(
+        default=0.20,
+        ge=0,
+        lt=0.95,
+        description="Fraction of the budget that must stay free at peak (a variant using more does not fit).",
+    )
+
+
+class Backend(BaseModel):
+    """Inference backends, precisions and input sizes the build may choose from."""
+
+    model_config = _MODEL_CONFIG
+
+    prefer: list[BackendName] = Field(
+        min_length=1, description="Backends in order of preference; the first one available on the device is used."
+    )
+    precisions: list[Precision] = Field(min_length=1, description="Backbone precisions worth building for this device.")
+    input_sizes: list[InputSize] = Field(
+        min_length=1, description="Backbone input sizes (96..512, multiples of 32) worth building."
+    )
+    table_precisions: list[Precision] = Field(
+        default_factory=lambda: ["fp32", "fp16", "int8"],
+        min_length=1,
+        description="Precisions the prototype table may be stored in.",
+    )
+    max_latency_ms: FiniteFloat = Field(gt=0, description="Per-crop latency ceiling (ms); slower variants do not fit.")
+    threads: int = Field(default=0, ge=0, le=64, description="CPU threads for CPU backends; 0 = all cores.")
+    allow_fallback: bool = Field(
+        default=True, description="Fall back to the next backend in `prefer` if one fails to load."
+    )
+    embedding_output: str = Field(
+        default="embedding", min_length=1, description="Name of the backbone's embedding output tensor."
+    )
+    calibration_images: int = Field(
+        default=100, ge=8, le=2000, description="Catalogue images used to calibrate int8 variants."
+    )
+
+    @field_validator("prefer", "precisions", "input_sizes", "table_precisions")
+    @classmethod
+    def _no_duplicates(cls, values: list[Any]) -> list[Any]:
+        return _unique(values)
+
+
+class Camera(BaseModel):
+    """One video source."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(pattern=_NAME_PATTERN, description="Camera name, unique within the profile; used in topics.")
+    source: str = Field(
+        description="GStreamer/OpenCV source: csi://N, rtsp://..., /dev/videoN or a file; '' = the demo video."
+    )
+    width: int = Field(default=1280, gt=0, le=16384, description="Capture width in pixels.")
+    height: int = Field(default=720, gt=0, le=16384, description="Capture height in pixels.")
+    fps: FiniteFloat = Field(default=30.0, gt=0, description="Capture frame rate.")
+
+
+class Regions(BaseModel):
+    """Where in a frame to look for products."""
+
+    model_config = _MODEL_CONFIG
+
+    mode: Literal["full", "fixed", "detector"] = Field(
+        default="full",
+        description="'full': the whole frame is one region; 'fixed': the boxes in `fixed`; 'detector': run a model.",
+    )
+    fixed: list[Box] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="Fixed regions as [x, y, w, h] in capture pixels (mode 'fixed').",
+    )
+    detector_model: str | None = Field(
+        default=None, validate_default=True, description="Path to the region detector model (mode 'detector')."
+    )
+    detector_score: FiniteFloat = Field(default=0.5, ge=0, le=1, description="Minimum detector score for a region.")
+    max_regions: int = Field(default=16, ge=1, le=256, description="At most this many regions per frame.")
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_needs_boxes(cls, value: list[list[int]], info: ValidationInfo) -> list[list[int]]:
+        if info.data.get("mode") == "fixed" and not value:
+            raise ValueError('mode = "fixed" needs at least one [x, y, w, h] box')
+        return value
+
+    @field_validator("detector_model")
+    @classmethod
+    def _detector_needs_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("mode") == "detector" and not value:
+            raise ValueError('mode = "detector" needs detector_model')
+        return value
+
+
+class Sampler(BaseModel):
+    """Motion-gated frame sampling: a slow idle rate, a fast rate while things move."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = Field(default=True, description="Gate frames on motion; off = process every captured frame.")
+    idle_fps: FiniteFloat = Field(default=2.0, gt=0, description="Frames per second processed when nothing moves.")
+    active_fps: FiniteFloat = Field(
+        default=15.0, gt=0, validate_default=True, description="Frames per second processed while motion is seen."
+    )
+    motion_threshold: FiniteFloat = Field(
+        default=0.02, ge=0, le=1, description="Fraction of changed pixels that counts as motion."
+    )
+
+    @field_validator("active_fps")
+    @classmethod
+    def _active_not_below_idle(cls, value: float, info: ValidationInfo) -> float:
+        idle = info.data.get("idle_fps")
+        if idle is not None and value < idle:
+            raise ValueError(f"active_fps ({value:g}) must be >= idle_fps ({idle:g})")
+        return value
+
+
+class Mqtt(BaseModel):
+    """The uplink to the store broker."""
+
+    model_config = _MODEL_CONFIG
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS by convention).")
+    topic_prefix: str = Field(default="edge", min_length=1, description="First topic level: PREFIX/DEVICE_ID/...")
+    device_id: str | None = Field(
+        default=None, pattern=_NAME_PATTERN, description="Device id in topics; unset = device.name."
+    )
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service for published messages.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval in seconds.")
+    tls_ca_file: str | None = Field(default=None, description="CA bundle to verify the broker; set = use TLS.")
+    tls_cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS); needs tls_key_file.")
+    tls_key_file: str | None = Field(
+        default=None, validate_default=True, description="Client private key (mutual TLS); needs tls_cert_file."
+    )
+    credentials_file: str | None = Field(
+        default=None, description="File holding 'username:password' for the broker; kept out of the profile."
+    )
+    uplink_bytes_per_s: int = Field(default=250_000, gt=0, description="Uplink bandwidth cap in bytes per second.")
+    crop_max_side: int = Field(
+        default=320, ge=32, le=2048, description="Published crops are scaled to this longer side."
+    )
+    jpeg_quality: int = Field(default=80, ge=10, le=100, description="JPEG quality of published crops.")
+    publish_crops: bool = Field(default=True, description="Publish crops of unknown/uncertain items for review.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if re.search(r"[#+\s]", value) or value.startswith("/") or value.endswith("/"):
+            raise ValueError("topic_prefix must not contain '#', '+' or spaces, nor start or end with '/'")
+        return value
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _cert_and_key_together(cls, value: str | None, info: ValidationInfo) -> str | None:
+        cert = info.data.get("tls_cert_file")
+        if bool(cert) != bool(value):
+            raise ValueError("tls_cert_file and tls_key_file must be set together (mutual TLS) or both left unset")
+        return value
+
+
+class Outbox(BaseModel):
+    """Store-and-forward queue for messages while the broker is unreachable."""
+
+    model_config = _MODEL_CONFIG
+
+    max_mib: FiniteFloat = Field(default=64, gt=0, description="Disk the outbox may use; oldest messages go first.")
+    ttl_hours: FiniteFloat = Field(default=72, gt=0, description="Messages older than this are dropped.")
+
+
+class Metrics(BaseModel):
+    """Prometheus metrics endpoint."""
+
+    model_config = _MODEL_CONFIG
+
+    port: int = Field(default=9108, ge=0, le=65535, description="HTTP port for /metrics; 0 disables the endpoint.")
+
+
+class Routing(BaseModel):
+    """How recognitions are routed: accepted, sent for verification, or treated as unknown."""
+
+    model_config = _MODEL_CONFIG
+
+    accept_precision: FiniteFloat = Field(
+        default=0.98, ge=0.5, le=1, description="Target precision of auto-accepted recognitions (sets the threshold)."
+    )
+    ood_keep: FiniteFloat = Field(
+        default=0.95, ge=0.5, le=1, description="Fraction of in-catalogue items the out-of-distribution gate keeps."
+    )
+    verify_band: FiniteFloat = Field(
+        default=0.15, ge=0, le=1, description="Width of the score band below acceptance that goes to verification."
+    )
+    unknown_loop: bool = Field(default=True, description="Send unknown items back for labelling (the unknown loop).")
+
+
+class Readiness(BaseModel):
+    """Limits of the readiness checklist that edge-build runs before shipping a bundle."""
+
+    model_config = _MODEL_CONFIG
+
+    imbalance_max: FiniteFloat = Field(
+        default=10.0, ge=1, description="Largest allowed ratio of images per SKU, most to fewest."
+    )
+    near_duplicate_percentile: FiniteFloat = Field(
+        default=5.0, ge=0, le=100, description="Percentile of inter-SKU distances used to flag near-duplicate SKUs."
+    )
+    change_rate_max_per_quarter: FiniteFloat = Field(
+        default=0.05, ge=0, le=1, description="Largest fraction of the catalogue expected to change per quarter."
+    )
+    headroom_min: FiniteFloat = Field(
+        default=0.20, ge=0, lt=1, description="Memory headroom the chosen variant must leave (fraction of budget)."
+    )
+    ood_detection_min: FiniteFloat = Field(
+        default=0.70, ge=0, le=1, description="Minimum share of out-of-catalogue items the OOD gate must catch."
+    )
+    accuracy_spread_max: FiniteFloat = Field(
+        default=15.0, ge=0, le=100, description="Largest gap (percentage points) in accuracy between SKU groups."
+    )
+    ece_max: FiniteFloat = Field(default=0.05, ge=0, le=1, description="Largest expected calibration error allowed.")
+    planned_catalogue_size: int = Field(
+        default=1000, ge=1, description="SKUs the device must eventually hold; budgets are checked at this size."
+    )
+
+
+class Health(BaseModel):
+    """Liveness: the systemd watchdog and frame-stall detection."""
+
+    model_config = _MODEL_CONFIG
+
+    watchdog_s: FiniteFloat = Field(default=30, gt=0, description="systemd watchdog interval in seconds.")
+    frame_stall_s: FiniteFloat = Field(
+        default=10, gt=0, description="A camera with no frame for this long is reported stalled."
+    )
+
+
+class DeviceProfile(BaseModel):
+    """A resolved, merged and validated device profile.
+
+    Besides the schema fields it carries ``source_files`` (the extends chain,
+    most-derived first), which is metadata and not part of the TOML or the hash.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    device: Device = Field(description="What the device is and its memory budget.")
+    backend: Backend = Field(description="Backends, precisions and input sizes to choose from.")
+    cameras: list[Camera] = Field(min_length=1, description="Video sources; names must be unique.")
+    regions: Regions = Field(default_factory=Regions, description="Where in a frame to look.")
+    sampler: Sampler = Field(default_factory=Sampler, description="Motion-gated frame sampling.")
+    mqtt: Mqtt = Field(default_factory=Mqtt, description="Uplink to the store broker.")
+    outbox: Outbox = Field(default_factory=Outbox, description="Store-and-forward queue.")
+    metrics: Metrics = Field(default_factory=Metrics, description="Prometheus metrics endpoint.")
+    routing: Routing = Field(default_factory=Routing, description="Accept / verify / unknown routing.")
+    readiness: Readiness = Field(default_factory=Readiness, description="Readiness checklist limits.")
+    health: Health = Field(default_factory=Health, description="Watchdog and stall detection.")
+
+    _source_files: tuple[Path, ...] = PrivateAttr(default=())
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_camera_names(cls, cameras: list[Camera]) -> list[Camera]:
+        _unique([c.name for c in cameras])
+        return cameras
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """The files this profile was read from, most-derived first; () if built in code."""
+        return self._source_files
+
+    @property
+    def mqtt_device_id(self) -> str:
+        return self.mqtt.device_id or self.device.name
+
+    def canonical_json(self) -> str:
+        """The resolved profile as compact JSON with sorted keys: what ``content_hash`` hashes."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def content_hash(self) -> str:
+        """sha256 hex of the canonical JSON; equal for equal resolved profiles whatever files they came from."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- finding profiles
+
+
+def _env_dirs() -> list[Path]:
+    raw = os.environ.get(PROFILES_ENV, "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def _dedupe_dirs(dirs: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def profile_search_dirs() -> list[Path]:
+    """$EDGE_PROFILES_DIR (os.pathsep-separated), ./device_profiles, <repo>/device_profiles; existing ones only."""
+    return _dedupe_dirs([*_env_dirs(), Path.cwd() / "device_profiles", _REPO_PROFILES_DIR])
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles in the search dirs, sorted (a name in an earlier dir shadows later ones)."""
+    names: set[str] = set()
+    for d in profile_search_dirs():
+        names.update(p.stem for p in d.glob(f"*{PROFILE_SUFFIX}") if p.is_file())
+    return sorted(names)
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.endswith(PROFILE_SUFFIX)
+
+
+def _searched_lines() -> list[str]:
+    lines = [f"searched: {d}" for d in profile_search_dirs()]
+    lines += [f"${PROFILES_ENV} entry is not a directory: {d}" for d in _env_dirs() if not d.is_dir()]
+    return lines or ["no profile directory exists (set $EDGE_PROFILES_DIR or create ./device_profiles)"]
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    """A path (contains '/', ends in .toml, or is an existing file) -> that file; else NAME.toml in the search dirs."""
+    text = str(name_or_path)
+    if not text.strip():
+        raise ProfileError("empty device profile name", hint=f"available profiles: {', '.join(list_profiles())}")
+    candidate = Path(text).expanduser()
+    if _looks_like_path(text) or candidate.is_file():
+        if not candidate.is_file():
+            raise ProfileError(f"device profile file not found: {candidate}", hint="check the path")
+        return candidate
+    for d in profile_search_dirs():
+        path = d / f"{text}{PROFILE_SUFFIX}"
+        if path.is_file():
+            return path
+    available = list_profiles()
+    raise ProfileError(
+        f"unknown device profile {text!r}",
+        problems=[f"available profiles: {', '.join(available) if available else '(none)'}", *_searched_lines()],
+        hint=f"pass one of the available names, a path to a .toml file, or set ${PROFILES_ENV}",
+    )
+
+
+# --------------------------------------------------------------------------- reading and merging
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"cannot read device profile {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"device profile {path} is not UTF-8 text", problems=[f"{path.name}: invalid byte at offset {exc.start}"]
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        detail = str(exc)
+        line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+        if line is not None and "line" not in detail:
+            detail += f" (at line {line}, column {col})"
+        raise ProfileError(
+            f"TOML syntax error in device profile {path}: {detail}",
+            problems=[f"{path.name}: {detail}"],
+            hint="fix the TOML syntax at the position shown",
+        ) from exc
+
+
+def _resolve_extends(value: str, from_file: Path) -> Path:
+    base_dir = from_file.parent
+    if _looks_like_path(value):
+        target = Path(value).expanduser()
+        if not target.is_absolute():
+            target = base_dir / target
+        if target.is_file():
+            return target.resolve()
+        raise ProfileError(
+            f"device profile {from_file.name} extends {value!r}, which does not exist",
+            problems=[f"{from_file.name}: extends: file not found: {target}"],
+            hint="a path in `extends` is relative to the file that contains it",
+        )
+    dirs = _dedupe_dirs([base_dir, *profile_search_dirs()])
+    for d in dirs:
+        target = d / f"{value}{PROFILE_SUFFIX}"
+        if target.is_file():
+            return target.resolve()
+    available = sorted({p.stem for d in dirs for p in d.glob(f"*{PROFILE_SUFFIX}")})
+    raise ProfileError(
+        f"device profile {from_file.name} extends {value!r}, which was not found",
+        problems=[
+            f"{from_file.name}: extends: no profile named {value!r}",
+            *(f"searched: {d}" for d in dirs),
+            f"available profiles: {', '.join(available) if available else '(none)'}",
+        ],
+        hint="name a profile in the same directory or a search dir, or give a relative path to a .toml file",
+    )
+
+
+def _load_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """[(file, data without `extends`)], most-derived first."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    current = path.resolve()
+    while True:
+        seen = [p for p, _ in chain]
+        if current in seen:
+            names = _display_names([*seen, current])
+            cycle = " -> ".join(names[p] for p in [*seen[seen.index(current) :], current])
+            raise ProfileError(
+                f"extends cycle: {cycle}",
+                problems=[f"{names[seen[-1]]}: extends: leads back to {names[current]}"],
+                hint="remove `extends` from one of the files in the cycle",
+            )
+        data = _read_toml(current)
+        parent = data.pop(EXTENDS_KEY, None)
+        chain.append((current, data))
+        if parent is None:
+            return chain
+        if not isinstance(parent, str) or not parent.strip():
+            raise ProfileError(
+                f"invalid device profile {current.name} (1 problem)",
+                problems=[f"{current.name}: extends: must be a profile name or a relative path to a .toml file"],
+                hint=_HINT,
+            )
+        current = _resolve_extends(parent.strip(), current)
+
+
+def _display_names(files: Iterable[Path]) -> dict[Path, str]:
+    """Base names, or full paths where two files in the chain share a base name."""
+    files = list(dict.fromkeys(files))
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.name] = counts.get(f.name, 0) + 1
+    return {f: (f.name if counts[f.name] == 1 else str(f)) for f in files}
+
+
+Provenance = dict[tuple[str, ...], Path]
+
+
+def _record(prov: Provenance, value: Any, file: Path, path: tuple[str, ...]) -> None:
+    prov[path] = file
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record(prov, sub, file, (*path, key))
+
+
+def _merge_into(
+    dst: dict[str, Any], src: dict[str, Any], file: Path, prov: Provenance, prefix: tuple[str, ...] = ()
+) -> None:
+    """Deep-merge ``src`` into ``dst``: tables merge recursively; arrays and scalars replace."""
+    for key, value in src.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            prov[path] = file  # the table node: the latest file that touched it
+            _merge_into(dst[key], value, file, prov, path)
+            continue
+        for stale in [p for p in prov if p[: len(path)] == path]:
+            del prov[stale]
+        dst[key] = copy.deepcopy(value)
+        _record(prov, value, file, path)
+
+
+def merge_chain(chain: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any], Provenance]:
+    """Merge an extends chain (most-derived first) into one dict plus the file that set each key."""
+    merged: dict[str, Any] = {}
+    prov: Provenance = {}
+    for file, data in reversed(chain):
+        _merge_into(merged, data, file, prov)
+    return merged, prov
+
+
+# --------------------------------------------------------------------------- error reporting
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    tp: Any = DeviceProfile
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(part, int):
+            if typing.get_origin(tp) not in (list, tuple):
+                return None
+            tp = typing.get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown key"
+    allowed = list(model.model_fields)
+    if model is DeviceProfile:
+        allowed.insert(0, EXTENDS_KEY)
+    text = f"unknown key (allowed: {', '.join(allowed)})"
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    return f"{text}; did you mean {close[0]!r}?" if close else text
+
+
+def _blame(loc: tuple[Any, ...], error_type: str, prov: Provenance, default: Path) -> Path:
+    """The file that set the key at ``loc`` (or its nearest ancestor); missing keys -> the most-derived file."""
+    if error_type == "missing":
+        return default
+    keys = tuple(loc)
+    for n in range(len(keys), 0, -1):
+        file = prov.get(keys[:n])
+        if file is not None:
+            return file
+    return default
+
+
+def _problem_lines(exc: ValidationError, prov: Provenance, names: dict[Path, str], default: Path) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            reason = _unknown_key_message(loc)
+        else:
+            reason = err["msg"].removeprefix("Value error, ")
+        file = _blame(loc, err["type"], prov, default)
+        lines.append(f"{names.get(file, file.name)}: {_format_loc(loc)}: {reason}")
+    return lines
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """Resolve, read, follow `extends`, merge and validate a profile; raise ProfileError listing every problem."""
+    path = Path(name_or_path) if isinstance(name_or_path, Path) else resolve_profile_path(name_or_path)
+    if not path.is_file():
+        raise ProfileError(f"device profile file not found: {path}", hint="check the path")
+    chain = _load_chain(path)
+    merged, prov = merge_chain(chain)
+    files = [f for f, _ in chain]
+    names = _display_names(files)
+    try:
+        profile = DeviceProfile.model_validate(merged, strict=True)
+    except ValidationError as exc:
+        problems = _problem_lines(exc, prov, names, files[0])
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        raise ProfileError(
+            f"invalid device profile {names[files[0]]} ({count})", problems=problems, hint=_HINT
+        ) from None
+    profile._source_files = tuple(files)
+    return profile

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.build.choose import choose, format_table, violations
+from edge_runtime.errors import EXIT_NOTHING_FITS, BudgetError
+from edge_runtime.types import Accuracy, Candidate, Footprint, Measurement, ModelVariant, VariantSpec
+
+
+def _cand(precision: str, table: str, mib: float, ms: float, top1: float, budget: float = 100.0) -> Candidate:
+    broken = violations(mib, ms, budget_mib=budget, min_headroom=0.2, max_latency_ms=20.0, enforce_latency=True)
+    return Candidate(
+        spec=VariantSpec(ModelVariant(precision, 224), table),  # type: ignore[arg-type]
+        footprint=Footprint(process_peak_mib=mib, table_mib=0.0, model_file_mib=1.0),
+        measurement=Measurement("onnxruntime-cpu", 1, 1, 10.0, mib, 0.0, ms, ms * 1.1, 10),
+        accuracy=Accuracy(top1=top1, n_eval=200, cosine_to_fp32_mean=0.99, cosine_to_fp32_min=0.95,
+                          top1_agreement_fp32=0.98),  # fmt: skip
+        model_path=Path("m.onnx"),
+        host_estimate=False,
+        violations=broken,
+    )
+
+
+def test_best_accuracy_among_those_that_fit() -> None:
+    big = _cand("fp32", "fp32", 90.0, 10.0, 0.95)  # over 80 MiB (100 with 20 % headroom)
+    slow = _cand("fp16", "fp32", 50.0, 25.0, 0.94)  # over the latency ceiling
+    good = _cand("int8", "fp32", 40.0, 5.0, 0.90)
+    worse = _cand("int8", "int8", 39.0, 5.0, 0.80)
+    assert not big.fits and "footprint" in big.violations[0]
+    assert not slow.fits and "latency" in slow.violations[0]
+    assert choose([big, slow, good, worse]) is good
+
+
+def test_ties_within_resolution_go_to_the_faster_variant() -> None:
+    fp32 = _cand("fp32", "fp32", 60.0, 12.0, 0.902)
+    int8 = _cand("int8", "fp16", 40.0, 5.0, 0.900)  # one held-out image in 200 is 0.005: a tie
+    assert choose([fp32, int8]) is int8
+    clearly_better = _cand("fp32", "fp32", 60.0, 12.0, 0.93)
+    assert choose([clearly_better, int8]) is clearly_better
+
+
+def test_nothing_fits_lists_every_variant_and_its_constraint() -> None:
+    cands = [_cand("fp32", "fp32", 90.0, 10.0, 0.95), _cand("int8", "int8", 85.0, 30.0, 0.9)]
+    with pytest.raises(BudgetError) as err:
+        choose(cands)
+    assert err.value.exit_code == EXIT_NOTHING_FITS
+    text = str(err.value)
+    assert "fp32-224-table-fp32" in text and "int8-224-table-int8" in text
+    assert "footprint 90.0 MiB > 80.0 MiB" in text and "latency 30.0 ms" in text
+
+
+def test_host_estimates_do_not_enforce_latency() -> None:
+    assert violations(10, 500, budget_mib=100, min_headroom=0.2, max_latency_ms=20, enforce_latency=False) == ()
+    table = format_table([_cand("fp32", "fp32", 10, 5, 0.9)])
+    assert "fp32-224-table-fp32" in table

@@ -24,6 +24,7 @@ demo: setup
 	$(VENV)/bin/edge-build --profile dev-cpu --out $(DEMO_OUT)
 
 test: setup
+	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts
 	$(PY) -m pytest -q
 
 lint: setup

@@ -88,7 +88,9 @@ class Bundle:
             with np.load(self.path(name), allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
         except ValueError as exc:
-            raise BundleError(f"{self.root / name}: refused ({exc})", hint="rebuild the bundle with edge-build") from None
+            raise BundleError(
+                f"{self.root / name}: refused ({exc})", hint="rebuild the bundle with edge-build"
+            ) from None
         except (OSError, EOFError) as exc:
             raise BundleError(f"{self.root / name}: unreadable array file ({exc})") from None
 
@@ -149,7 +151,9 @@ def extract_tarball(tarball: Path, dest: Path) -> Path:
             for m in members:
                 parts = Path(m.name).parts
                 if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-                    raise BundleError(f"{tarball}: unsafe member {m.name!r}", hint="use a tarball written by edge-build")
+                    raise BundleError(
+                        f"{tarball}: unsafe member {m.name!r}", hint="use a tarball written by edge-build"
+                    )
                 if not parts or parts[0] != BUNDLE_DIR:
                     raise BundleError(f"{tarball}: member {m.name!r} is outside {BUNDLE_DIR}/")
             for m in members:

@@ -22,9 +22,18 @@ EXIT_INTERRUPTED = 130
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("onnxruntime", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    package = logging.getLogger("edge_runtime")
+    for old in [h for h in package.handlers if getattr(h, "edge_cli", False)]:
+        package.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.edge_cli = True  # type: ignore[attr-defined]
+    package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False
+    # Libraries (onnxruntime's quantiser logs at INFO on the root logger) only get to say warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _guarded(prog: str, body: Callable[[], int]) -> int:
@@ -55,7 +64,9 @@ def build_main(argv: list[str] | None = None) -> int:
     parser = _parser("edge-build", "Build a verified bundle that fits a device profile's memory budget.")
     parser.add_argument("--profile", default="dev-cpu", help="profile name in device_profiles/ or a path to a .toml")
     parser.add_argument("--catalogue", type=Path, help="SKU folder tree or CSV (default: generated demo catalogue)")
-    parser.add_argument("--model", type=Path, help="backbone ONNX with an embedding output (default: EfficientNet-Lite0)")
+    parser.add_argument(
+        "--model", type=Path, help="backbone ONNX with an embedding output (default: EfficientNet-Lite0)"
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder for bundle/ and bundle.tar.gz")
     parser.add_argument("--cache-dir", type=Path, help="where the default backbone and demo catalogue are cached")
     parser.add_argument("--runs", type=int, default=30, help="timed inference runs per variant")
@@ -70,8 +81,14 @@ def build_main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from edge_runtime.build.pipeline import BuildOptions, dumps_summary, run_build, summary_text
 
-        opts = BuildOptions(profile=args.profile, out=args.out, catalogue=args.catalogue, model=args.model,
-                            seed=args.seed, runs=max(3, args.runs))  # fmt: skip
+        opts = BuildOptions(
+            profile=args.profile,
+            out=args.out,
+            catalogue=args.catalogue,
+            model=args.model,
+            seed=args.seed,
+            runs=max(3, args.runs),
+        )
         if args.cache_dir is not None:
             opts.cache_dir = args.cache_dir
         result = run_build(opts)

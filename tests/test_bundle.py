@@ -79,12 +79,12 @@ def test_missing_and_extra_files_are_refused(tmp_path: Path, bundle_dir: Path) -
     missing = tmp_path / "missing"
     shutil.copytree(bundle_dir, missing)
     (missing / "labels.json").unlink()
-    with pytest.raises(BundleError, match="labels.json.*missing"):
+    with pytest.raises(BundleError, match=r"labels\.json.*missing"):
         load_bundle(missing)
     extra = tmp_path / "extra"
     shutil.copytree(bundle_dir, extra)
     (extra / "evil.py").write_text("print('hi')")
-    with pytest.raises(BundleError, match="evil.py.*not listed"):
+    with pytest.raises(BundleError, match=r"evil\.py.*not listed"):
         load_bundle(extra)
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "nowhere")

@@ -15,8 +15,9 @@ def _cand(precision: str, table: str, mib: float, ms: float, top1: float, budget
         spec=VariantSpec(ModelVariant(precision, 224), table),  # type: ignore[arg-type]
         footprint=Footprint(process_peak_mib=mib, table_mib=0.0, model_file_mib=1.0),
         measurement=Measurement("onnxruntime-cpu", 1, 1, 10.0, mib, 0.0, ms, ms * 1.1, 10),
-        accuracy=Accuracy(top1=top1, n_eval=200, cosine_to_fp32_mean=0.99, cosine_to_fp32_min=0.95,
-                          top1_agreement_fp32=0.98),  # fmt: skip
+        accuracy=Accuracy(
+            top1=top1, n_eval=200, cosine_to_fp32_mean=0.99, cosine_to_fp32_min=0.95, top1_agreement_fp32=0.98
+        ),
         model_path=Path("m.onnx"),
         host_estimate=False,
         violations=broken,

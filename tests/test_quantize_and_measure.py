@@ -57,7 +57,7 @@ def test_int8_needs_calibration() -> None:
 def test_load_model_refuses_non_onnx(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf at all \x00\xff")
-    with pytest.raises(ModelError, match="bad.onnx"):
+    with pytest.raises(ModelError, match=r"bad\.onnx"):
         load_model(bad)
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "missing.onnx")

@@ -44,7 +44,9 @@ def open_session(model: Path | bytes, threads: int, provider: str = "cpu") -> or
     except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models
         where = "model bytes" if isinstance(model, bytes) else str(model)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{where}: onnxruntime cannot load it ({first_line})", hint="pass a valid ONNX model") from None
+        raise ModelError(
+            f"{where}: onnxruntime cannot load it ({first_line})", hint="pass a valid ONNX model"
+        ) from None
 
 
 class OrtBackend:

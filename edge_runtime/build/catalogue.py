@@ -39,8 +39,10 @@ def load_catalogue(path: Path) -> Catalogue:
 def _from_tree(root: Path) -> Catalogue:
     by_leaf: dict[Path, list[Path]] = defaultdict(list)
     for file in sorted(root.rglob("*")):
-        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not any(
-            part.startswith(".") for part in file.relative_to(root).parts
+        if (
+            file.is_file()
+            and file.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in file.relative_to(root).parts)
         ):
             by_leaf[file.parent].append(file)
     by_leaf.pop(root, None)  # loose images at the top carry no SKU
@@ -144,7 +146,7 @@ def holdout_split(labels: np.ndarray, fraction: float = 0.2, seed: int = 0) -> t
     train, held = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_eval = 0 if len(idx) < 2 else max(1, int(round(len(idx) * fraction)))
+        n_eval = 0 if len(idx) < 2 else max(1, round(len(idx) * fraction))
         held.extend(idx[:n_eval])
         train.extend(idx[n_eval:])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))

@@ -36,11 +36,26 @@ def measure_in_subprocess(
 ) -> Measurement:
     """Run the child and parse the one JSON line it prints."""
     cmd = [
-        sys.executable, "-m", "edge_runtime.build.footprint",
-        "--model", str(model), "--backend", backend, "--threads", str(threads), "--batch", str(batch),
-        "--warmup", str(warmup), "--runs", str(runs), "--frame-bytes", str(frame_bytes),
-        "--embedding-output", embedding_output,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "edge_runtime.build.footprint",
+        "--model",
+        str(model),
+        "--backend",
+        backend,
+        "--threads",
+        str(threads),
+        "--batch",
+        str(batch),
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+        "--frame-bytes",
+        str(frame_bytes),
+        "--embedding-output",
+        embedding_output,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -103,7 +118,9 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     sampler = _PeakSampler()
     sampler.start()
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
-    backend = create_backend(args.backend, Path(args.model), threads=args.threads, embedding_output=args.embedding_output)
+    backend = create_backend(
+        args.backend, Path(args.model), threads=args.threads, embedding_output=args.embedding_output
+    )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(args.batch, 3, backend.input_size, backend.input_size)).astype(np.float32)
     for _ in range(args.warmup):

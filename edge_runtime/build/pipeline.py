@@ -21,7 +21,7 @@ from edge_runtime.backends import create_backend, first_available
 from edge_runtime.build import catalogue as cat
 from edge_runtime.build.choose import choose, format_table, violations
 from edge_runtime.build.footprint import MIB, measure_in_subprocess
-from edge_runtime.build.quantize import load_model, make_variant
+from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
 from edge_runtime.bundle import (
     HEAD,
     LABELS,
@@ -119,8 +119,9 @@ def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:
     host_arch = platform.machine().replace("arm64", "aarch64").replace("AMD64", "x86_64")
     if here is None:
         if not profile.backend.allow_fallback:
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
             raise UsageError(
-                f"none of the profile's backends runs on this host ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})",
+                f"none of the profile's backends runs on this host ({why})",
                 hint="build on the device, or set backend.allow_fallback = true to measure with a stand-in",
             )
         here = "onnxruntime-cpu"
@@ -181,6 +182,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
     camera = profile.cameras[0]
     frame_bytes = FRAME_QUEUE_DEPTH * camera.width * camera.height * 3
 
+    scheme = int8_scheme_for(profile.backend.prefer[0])
     work = opts.out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     candidates: list[Candidate] = []
@@ -195,7 +197,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
             log.info("variant %s: preparing model", variant.name)
             t0 = time.perf_counter()
             calibration = decoded.batch(size, calib_idx) if precision == "int8" else None
-            model = make_variant(backbone, precision, size, calibration)  # type: ignore[arg-type]
+            model = make_variant(backbone, precision, size, calibration, scheme)  # type: ignore[arg-type]
             path = work / f"model-{variant.name}.onnx"
             onnx.save(model, str(path))
             feats = _embed(path, decoded, size, b.threads, b.embedding_output)
@@ -209,14 +211,30 @@ def run_build(opts: BuildOptions) -> BuildResult:
             full_feats[variant] = feats
             candidates.extend(
                 _candidates_for(
-                    variant, path, feats, fp32_feats, labels, train_idx, eval_idx, n_classes, profile,
-                    backend_here, host_estimate, frame_bytes, opts.runs,
-                )  # fmt: skip
+                    variant,
+                    path,
+                    feats,
+                    fp32_feats,
+                    labels,
+                    train_idx,
+                    eval_idx,
+                    n_classes,
+                    profile,
+                    backend_here,
+                    host_estimate,
+                    frame_bytes,
+                    opts.runs,
+                )
             )
 
     for c in candidates:
-        log.info("  %s: %.1f MiB, %.2f ms, top-1 %.1f%%", c.spec.name, c.footprint.total_mib,
-                 c.measurement.latency_ms_p50, 100 * c.accuracy.top1)  # fmt: skip
+        log.info(
+            "  %s: %.1f MiB, %.2f ms, top-1 %.1f%%",
+            c.spec.name,
+            c.footprint.total_mib,
+            c.measurement.latency_ms_p50,
+            100 * c.accuracy.top1,
+        )
     chosen = choose(candidates)
     log.info("chose %s", chosen.spec.name)
 
@@ -247,8 +265,14 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "source": "default EfficientNet-Lite0" if opts.model is None else backbone_path.name,
             "embedding_output": b.embedding_output,
         },
-        "model": {"file": MODEL, "sha256": sha256_bytes(model_bytes), "input_size": chosen.spec.model.input_size,
-                  "precision": chosen.spec.model.precision, "embedding_dim": int(centroids.shape[1])},
+        "model": {
+            "file": MODEL,
+            "sha256": sha256_bytes(model_bytes),
+            "input_size": chosen.spec.model.input_size,
+            "precision": chosen.spec.model.precision,
+            "embedding_dim": int(centroids.shape[1]),
+            "int8_scheme": scheme if chosen.spec.model.precision == "int8" else None,
+        },
         "variant": chosen.as_row(),
         "footprint": {
             "total_mib": round(chosen.footprint.total_mib, 2),
@@ -314,9 +338,13 @@ def _candidates_for(
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
     measurement = measure_in_subprocess(
-        path, backend=backend_here, threads=b.threads, frame_bytes=frame_bytes, runs=runs,
+        path,
+        backend=backend_here,
+        threads=b.threads,
+        frame_bytes=frame_bytes,
+        runs=runs,
         embedding_output=b.embedding_output,
-    )  # fmt: skip
+    )
     cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)
     centroids = class_centroids(feats[train_idx], labels[train_idx], n_classes)
     ref_table = PrototypeTable.from_float(class_centroids(fp32_feats[train_idx], labels[train_idx], n_classes), "fp32")

@@ -144,3 +144,54 @@ class Candidate:
             "fits": self.fits,
             "violations": list(self.violations),
         }
+
+
+# ---- run time ---------------------------------------------------------------------------------------------------
+
+Route = Literal["accept", "verify", "unknown"]
+MessageKind = Literal["result", "crop", "status", "heartbeat"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image. ``source_ref`` is the file name for folders and the frame index for videos."""
+
+    index: int  # frame id, strictly increasing within a run
+    image: Any  # np.ndarray, BGR uint8 HxWx3 (Any keeps this module free of numpy)
+    ts: float  # wall-clock capture time, time.time()
+    source_ref: str
+    camera: str = ""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box to classify, ``[x, y, width, height]`` in source pixels."""
+
+    box: tuple[int, int, int, int]
+    detector_score: float = 1.0  # 1.0 for full-frame and fixed regions
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the head decided for one region."""
+
+    sku: str | None  # None when the route is unknown
+    name: str | None
+    group: str | None
+    score: float  # calibrated probability of the named SKU
+    ood_score: float  # grows with strangeness
+    route: Route
+    reasons: tuple[str, ...] = ()
+    top_k: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """A message waiting in the outbox. ``kind`` decides what is dropped first when the outbox is full."""
+
+    id: str
+    topic: str
+    payload: bytes
+    kind: MessageKind
+    created: float  # time.time() when it entered the outbox
+    retain: bool = False

@@ -1,0 +1,807 @@
+"""The MQTT publisher of edge-run: drains the durable outbox to the broker at QoS 1, receives feedback.
+
+Flow: ``send()`` stores a message in the outbox and wakes the sender thread; the sender publishes
+pending messages while connected, at most ``max_inflight`` awaiting a PUBACK; ``on_publish`` (the
+PUBACK) is the only place a message is acked and deleted from the outbox. Delivery is at-least-once:
+consumers drop duplicates by the ``id`` inside every JSON payload.
+
+Across a broker outage, paho keeps every unacknowledged QoS 1 publish in memory and retransmits it
+(DUP flag, same mid) right after the next CONNACK, so in-flight messages stay in flight under their
+mids instead of being released and published a second time (which would double the traffic after
+every outage and the in-flight count with it). Across a process restart the in-flight marks are gone
+and the outbox makes every stored message pending again.
+
+Status: ``{prefix}/{device}/status`` holds a retained ``online`` published on every connect (directly,
+not through the outbox: it describes the connection, so replaying an old one would be wrong), a
+retained ``offline`` last will set before every connect with a fresh id, and a retained ``offline``
+published by ``close()``.
+
+Threads: paho's network thread runs every callback; the sender thread publishes. Every callback
+catches its own exceptions: an exception escaping into paho would end its network thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import stat
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_runtime.errors import EXIT_USAGE, EdgeError, UsageError
+from edge_runtime.run.outbox import DROP_REJECTED, Outbox
+from edge_runtime.types import MessageKind, OutMessage
+
+if TYPE_CHECKING:
+    from edge_runtime.profile import DeviceProfile
+
+__all__ = [
+    "FEEDBACK_SCHEMA",
+    "MAX_FEEDBACK_BYTES",
+    "STATUS_SCHEMA",
+    "TOPICS",
+    "MqttAuthError",
+    "MqttPublisher",
+    "PublisherStats",
+    "read_credentials",
+]
+
+logger = logging.getLogger(__name__)
+
+STATUS_SCHEMA: Final = "edge.status/1"
+FEEDBACK_SCHEMA: Final = "edge.feedback/1"
+MAX_FEEDBACK_BYTES: Final = 64 * 1024
+_MAX_FEEDBACK_FIELD: Final = 256  # event ids and SKU codes are short; a megabyte "sku" is an attack or a bug
+
+# Topic name -> outbox kind (what the byte cap drops first). unknown/verify carry a JPEG crop.
+TOPICS: Final[dict[str, MessageKind]] = {
+    "results": "result",
+    "unknown": "crop",
+    "verify": "crop",
+    "heartbeat": "heartbeat",
+    "status": "status",
+}
+FEEDBACK_TOPIC: Final = "feedback"
+
+# CONNACK refusals that retrying cannot fix (v3.1.1 names as paho 2 reports them, and their v5 siblings).
+_FATAL_CONNACK: Final = frozenset(
+    {
+        "Bad user name or password",
+        "Not authorized",
+        "Client identifier not valid",
+        "Bad authentication method",
+        "Banned",
+    }
+)
+_EXPIRE_EVERY_S: Final = 60.0
+_CONNECT_FAIL_LOG_INTERVAL_S: Final = 60.0
+_FEEDBACK_DEDUPE: Final = 4096  # recent feedback keys remembered to drop redeliveries
+
+
+class MqttAuthError(EdgeError):
+    """The broker refused this client's credentials or identity: a startup error, not worth a restart loop."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counters for metrics; all are totals since start except ``inflight`` and ``connected``."""
+
+    connected: bool
+    connects: int
+    disconnects: int
+    published: int  # PUBLISH calls for outbox messages (first sends)
+    acked: int  # PUBACKs for outbox messages
+    resent: int  # in-flight messages paho retransmitted after a reconnect
+    inflight: int
+    feedback_received: int
+    feedback_duplicates: int
+    feedback_rejected: dict[str, int]
+    send_rejected: int  # send() calls refused before the outbox (payload not JSON-serialisable)
+
+
+def _utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_credentials(path: Path) -> tuple[str, str]:
+    """(username, password) from ``username:password`` on one line, or username and password on two lines.
+
+    Raises UsageError naming the file, never its content.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        mode = Path(path).stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"cannot read the MQTT credentials file {path}: {getattr(exc, 'strerror', None) or exc}",
+            hint="the file holds 'username:password' and must be readable by the service user",
+        ) from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("MQTT credentials file %s is accessible to other users; chmod 600 it", path)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) == 1 and ":" in lines[0]:
+        username, password = lines[0].split(":", 1)
+    elif len(lines) == 2:
+        username, password = lines
+    else:
+        raise UsageError(
+            f"MQTT credentials file {path} is not in a known format",
+            hint="write 'username:password' on one line, or the username and the password on two lines",
+        )
+    if not username:
+        raise UsageError(f"MQTT credentials file {path} has an empty username", hint="write 'username:password'")
+    return username, password
+
+
+def _check_readable(path: str, what: str) -> str:
+    if not os.access(path, os.R_OK) or not Path(path).is_file():
+        raise UsageError(
+            f"MQTT {what} {path} does not exist or is not readable", hint=f"fix mqtt.{what} in the profile"
+        )
+    return path
+
+
+class MqttPublisher:
+    """Publishes the outbox to ``{prefix}/{device_id}/...`` at QoS 1 and hands feedback to a callback.
+
+    Use: ``start()``, then ``wait_connected()`` (False with ``fatal_error`` set means the broker refused
+    us for good: exit; False without it means the broker is not reachable yet, which is fine: messages
+    wait in the outbox), ``send()`` from the pipeline, ``close()`` at shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        device_id: str,
+        outbox: Outbox,
+        prefix: str = "edge",
+        keepalive_s: int = 30,
+        qos: int = 1,
+        client_id: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        credentials_file: str | None = None,
+        max_inflight: int = 64,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+        status_fields: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not device_id or any(c in device_id for c in "/+#"):
+            raise UsageError(f"invalid MQTT device id {device_id!r}", hint="use letters, digits, '.', '_' and '-'")
+        if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+            raise UsageError(f"invalid MQTT topic prefix {prefix!r}", hint="no '+', '#', nor a leading or trailing '/'")
+        if qos not in (0, 1, 2):
+            raise UsageError(f"invalid MQTT QoS {qos}", hint="use 1")
+        if qos == 0:
+            logger.warning("MQTT qos=0: a message is forgotten once written to the socket; an outage can lose it")
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        self._host = host
+        self._port = port
+        self._device_id = device_id
+        self._prefix = prefix
+        self._outbox = outbox
+        self._qos = qos
+        self._keepalive = keepalive_s
+        self._max_inflight = max_inflight
+        self._clock = clock
+        self._status_fields = dict(status_fields or {})
+        self.client_id = client_id or f"{prefix}-{device_id}"
+
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._mid_to_id: dict[int, str | None] = {}  # None: a direct publish (status), not in the outbox
+        self._early_acks: set[int] = set()  # PUBACKs that overtook the registration of their mid
+        self._inflight_ids: set[str] = set()
+        self._more_pending = True  # the outbox may hold messages not yet published
+        self._connected = False
+        self._ready = threading.Event()  # CONNACK ok and the feedback SUBACK arrived, or fatal
+        self._fatal_error: str | None = None
+        self._ever_connected = False
+        self._stopping = False
+        self._started = False
+        self._closed = False
+        self._feedback_mid: int | None = None
+        self._feedback_cb: Callable[[dict[str, Any]], None] | None = None
+        self._feedback_seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._connect_fail_logged = float("-inf")
+        self._connect_fails = 0
+
+        self.connects = 0
+        self.disconnects = 0
+        self.published = 0
+        self.acked = 0
+        self.resent = 0
+        self.feedback_received = 0
+        self.feedback_duplicates = 0
+        self.feedback_rejected: dict[str, int] = {}
+        self.send_rejected = 0
+
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            # A persistent session: feedback published while we are offline is queued by the broker.
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        # Belt and braces: our callbacks catch everything, but an escaping exception must never end
+        # paho's network thread.
+        self._client.suppress_exceptions = True
+        # Above our own cap so paho never queues behind its limit (plus the status publishes).
+        self._client.max_inflight_messages_set(max_inflight + 8)
+        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+        self._configure_security(tls_ca_file, tls_cert_file, tls_key_file, credentials_file)
+        self._client.on_pre_connect = self._on_pre_connect
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._arm_will()
+        self._sender = threading.Thread(target=self._run_sender, name=f"mqtt-sender-{device_id}", daemon=True)
+
+    @classmethod
+    def from_profile(
+        cls,
+        profile: DeviceProfile,
+        outbox: Outbox,
+        host: str | None = None,
+        port: int | None = None,
+        device_id: str | None = None,
+        **kwargs: Any,
+    ) -> MqttPublisher:
+        """A publisher for the profile's ``[mqtt]`` section; host, port and device id may be overridden."""
+        m = profile.mqtt
+        return cls(
+            host=host or m.host,
+            port=port or m.port,
+            device_id=device_id or profile.mqtt_device_id,
+            outbox=outbox,
+            prefix=m.topic_prefix,
+            keepalive_s=m.keepalive_s,
+            qos=m.qos,
+            tls_ca_file=m.tls_ca_file,
+            tls_cert_file=m.tls_cert_file,
+            tls_key_file=m.tls_key_file,
+            credentials_file=m.credentials_file,
+            **kwargs,
+        )
+
+    def _configure_security(
+        self, ca: str | None, cert: str | None, key: str | None, credentials_file: str | None
+    ) -> None:
+        if bool(cert) != bool(key):
+            raise UsageError("tls_cert_file and tls_key_file must be set together", hint="set both or neither")
+        if ca or cert:
+            try:
+                self._client.tls_set(
+                    ca_certs=_check_readable(ca, "tls_ca_file") if ca else None,
+                    certfile=_check_readable(cert, "tls_cert_file") if cert else None,
+                    keyfile=_check_readable(key, "tls_key_file") if key else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise UsageError(
+                    f"cannot use the MQTT TLS files: {exc}", hint="check tls_ca_file, tls_cert_file and tls_key_file"
+                ) from exc
+        if credentials_file:
+            username, password = read_credentials(Path(credentials_file))
+            self._client.username_pw_set(username, password)
+
+    # ------------------------------------------------------------------ topics and sending
+
+    def topic(self, name: str) -> str:
+        """``{prefix}/{device_id}/{name}``, e.g. topic('results')."""
+        if not name or any(c in name for c in "/+#"):
+            raise ValueError(f"invalid topic name {name!r}")
+        return f"{self._prefix}/{self._device_id}/{name}"
+
+    def send(
+        self,
+        name: str,
+        payload: Mapping[str, Any],
+        kind: MessageKind | None = None,
+        *,
+        retain: bool = False,
+    ) -> bool:
+        """Store a JSON message for ``topic(name)`` in the outbox; True once it is durable.
+
+        The message id is ``payload["id"]`` (a fresh uuid4 hex is inserted when absent); ``kind``
+        defaults from the topic name (results -> result, unknown/verify -> crop, ...). False means it
+        was dropped (counted by the outbox or in ``send_rejected``); it never raises for bad data.
+        """
+        kind = kind or TOPICS.get(name)
+        if kind is None:
+            raise ValueError(f"no default kind for topic {name!r}; pass kind=")
+        body = dict(payload)
+        msg_id = body.get("id")
+        if not isinstance(msg_id, str) or not msg_id:
+            msg_id = uuid.uuid4().hex
+            body["id"] = msg_id
+        try:
+            # allow_nan=False: NaN/Infinity are not JSON and would break consumers' parsers.
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self.send_rejected += 1
+            logger.warning("not sending %s message %s: payload is not valid JSON (%s)", name, msg_id, exc)
+            return False
+        msg = OutMessage(
+            id=msg_id, topic=self.topic(name), payload=data, kind=kind, created=self._clock(), retain=retain
+        )
+        return self.send_message(msg)
+
+    def send_message(self, msg: OutMessage) -> bool:
+        """Store a ready-made message in the outbox and wake the sender."""
+        stored = self._outbox.put(msg)
+        if stored:
+            with self._cond:
+                self._more_pending = True
+                self._cond.notify_all()
+        return stored
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is not there yet is retried with backoff."""
+        if self._started:
+            return
+        self._started = True
+        logger.info(
+            "MQTT: connecting to %s:%d as %s (topics %s/%s/...)",
+            self._host,
+            self._port,
+            self.client_id,
+            self._prefix,
+            self._device_id,
+        )
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self._client.loop_start()
+        self._sender.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """True once connected and subscribed to feedback; False on timeout or a fatal refusal (see fatal_error)."""
+        self._ready.wait(timeout)
+        with self._lock:
+            return self._connected and self._fatal_error is None and self._ready.is_set()
+
+    @property
+    def fatal_error(self) -> str | None:
+        """Why the broker refused this client for good (bad credentials, not authorized); None otherwise."""
+        with self._lock:
+            return self._fatal_error
+
+    def raise_if_fatal(self) -> None:
+        error = self.fatal_error
+        if error is not None:
+            raise MqttAuthError(
+                error, hint="check mqtt.credentials_file, the client certificate and the broker's ACL for this device"
+            )
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._connected
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight_ids)
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(
+                connected=self._connected,
+                connects=self.connects,
+                disconnects=self.disconnects,
+                published=self.published,
+                acked=self.acked,
+                resent=self.resent,
+                inflight=len(self._inflight_ids),
+                feedback_received=self.feedback_received,
+                feedback_duplicates=self.feedback_duplicates,
+                feedback_rejected=dict(self.feedback_rejected),
+                send_rejected=self.send_rejected,
+            )
+
+    def on_feedback(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(feedback)`` for each valid feedback message (in paho's network thread: keep it quick)."""
+        self._feedback_cb = callback
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty and nothing is in flight; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                if not self._inflight_ids and self._outbox.depth == 0:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.25))
+
+    def close(self, publish_offline: bool = True, timeout_s: float = 2.0) -> None:
+        """Publish the retained offline status (when connected), disconnect and stop the threads.
+
+        Unsent messages stay in the outbox for the next start; the outbox is not closed here (the caller owns it).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._sender.is_alive():
+            self._sender.join(timeout=timeout_s)
+        if self._started and publish_offline and self.connected:
+            try:
+                info = self._client.publish(
+                    self.topic("status"), self._status_payload("offline", reason="shutdown"), qos=1, retain=True
+                )
+                self._register(info.mid, None)
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("MQTT: could not publish the offline status: %s", exc)
+        if self._started:
+            self._client.disconnect()
+            self._client.loop_stop()
+        with self._lock:
+            unacked = list(self._inflight_ids)
+            self._inflight_ids.clear()
+        # paho's copies of these die with this client: let a later publisher on the same outbox send them.
+        self._outbox.release(unacked)
+        logger.info("MQTT: closed (%d messages left in the outbox)", self._outbox.depth)
+
+    def __enter__(self) -> MqttPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the sender thread
+
+    def _run_sender(self) -> None:
+        next_expire = 0.0
+        while True:
+            with self._cond:
+                while not self._stopping and not self._can_send():
+                    wait = next_expire - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(min(wait, 5.0))
+                if self._stopping:
+                    return
+                room = self._max_inflight - len(self._inflight_ids) if self._can_send() else 0
+                if room:
+                    self._more_pending = False
+            if time.monotonic() >= next_expire:
+                next_expire = time.monotonic() + _EXPIRE_EVERY_S
+                try:
+                    self._outbox.expire()
+                except Exception:
+                    logger.exception("MQTT: outbox expiry failed")
+            if not room:
+                continue
+            try:
+                batch = self._outbox.next_batch(room)
+                if len(batch) == room:
+                    with self._lock:
+                        self._more_pending = True  # the batch was capped by room: there may be more
+                for msg in batch:
+                    if not self._publish_one(msg):
+                        # paho refused it without queueing it: give the connection state a moment
+                        # to settle instead of spinning on the same message.
+                        time.sleep(0.2)
+                        break
+            except Exception:
+                # The sender must outlive a bad message or a transient failure; the outbox keeps the data.
+                logger.exception("MQTT: sender error; retrying")
+                time.sleep(1.0)
+                with self._lock:
+                    self._more_pending = True
+
+    def _can_send(self) -> bool:
+        return self._connected and self._more_pending and len(self._inflight_ids) < self._max_inflight
+
+    def _publish_one(self, msg: OutMessage) -> bool:
+        """Publish one outbox message; False when paho did not take it (it is pending again)."""
+        self._outbox.mark_inflight([msg.id])
+        with self._lock:
+            self._inflight_ids.add(msg.id)
+        try:
+            info = self._client.publish(msg.topic, msg.payload, qos=self._qos, retain=msg.retain)
+        except ValueError as exc:  # invalid topic or payload: retrying cannot help
+            logger.error("MQTT: dropping message %s: %s", msg.id, exc)
+            with self._lock:
+                self._inflight_ids.discard(msg.id)
+            self._outbox.drop(msg.id, DROP_REJECTED)
+            return True
+        # NO_CONN at QoS >= 1: paho queued it and sends it after the next CONNACK, so it is in flight.
+        queued = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+            info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self._qos > 0
+        )
+        if not queued:
+            logger.warning("MQTT: publish of %s failed (%s); will retry", msg.id, mqtt.error_string(info.rc))
+            with self._cond:
+                self._inflight_ids.discard(msg.id)
+                self._more_pending = True
+            self._outbox.release([msg.id])
+            return False
+        with self._lock:
+            self.published += 1
+        self._register(info.mid, msg.id)
+        return True
+
+    def _register(self, mid: int, msg_id: str | None) -> None:
+        """Remember what ``mid`` is; if its PUBACK already arrived, complete it now."""
+        with self._lock:
+            if mid in self._early_acks:
+                self._early_acks.discard(mid)
+                already = True
+            else:
+                self._mid_to_id[mid] = msg_id
+                already = False
+        if already and msg_id is not None:
+            self._complete(msg_id, None)
+
+    def _complete(self, msg_id: str, failure: ReasonCode | None) -> None:
+        if failure is None:
+            self._outbox.ack(msg_id)
+        else:
+            # Only MQTT v5 brokers refuse a publish in its PUBACK; resending would be refused again.
+            logger.error("MQTT: broker refused message %s (%s); dropped", msg_id, failure)
+            self._outbox.drop(msg_id, DROP_REJECTED)
+        with self._cond:
+            self._inflight_ids.discard(msg_id)
+            self.acked += 1
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _status_payload(self, state: str, **extra: Any) -> bytes:
+        # Caller fields (bundle id, version) first, so they can never overwrite the protocol fields.
+        body: dict[str, Any] = dict(self._status_fields)
+        body.update(schema=STATUS_SCHEMA, id=uuid.uuid4().hex, device_id=self._device_id, state=state, **extra)
+        if state == "online" or extra.get("reason") == "shutdown":
+            # Not in the will: the broker sends it later, so a time set now would be wrong.
+            body["ts"] = _utc_iso(self._clock())
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def _arm_will(self) -> None:
+        # A fresh id per connection: the broker fires a will once per lost connection, and consumers
+        # that dedupe by id would drop the second outage's "offline" if the id were reused.
+        self._client.will_set(
+            self.topic("status"), self._status_payload("offline", reason="connection_lost"), qos=1, retain=True
+        )
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self._arm_will()
+        except Exception:
+            logger.exception("MQTT: could not set the last will")
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            self._handle_connect(flags, reason_code)
+        except Exception:
+            logger.exception("MQTT: error in on_connect")
+
+    def _handle_connect(self, flags: mqtt.ConnectFlags, reason_code: ReasonCode) -> None:
+        if reason_code.is_failure:
+            name = str(reason_code)
+            with self._lock:
+                fatal = name in _FATAL_CONNACK and not self._ever_connected
+                if fatal:
+                    self._fatal_error = f"MQTT broker {self._host}:{self._port} refused client {self.client_id}: {name}"
+            if fatal:
+                logger.error("%s; not retrying", self._fatal_error)
+                self._ready.set()
+                # Ends paho's retry loop: a refused login does not fix itself, and hammering the
+                # broker with it can get the device banned.
+                self._client.disconnect()
+            else:
+                # After a successful connection a refusal may be a broker-side change in progress:
+                # keep retrying with backoff while the outbox holds the messages.
+                logger.error("MQTT: broker %s:%d refused the connection: %s; retrying", self._host, self._port, name)
+            return
+        with self._cond:
+            reconnect = self._ever_connected
+            self._connected = True
+            self._ever_connected = True
+            self.connects += 1
+            self._connect_fails = 0
+            if reconnect:
+                # paho retransmits these itself right after this callback (see the module docstring).
+                self.resent += len(self._inflight_ids)
+            self._more_pending = True
+            self._cond.notify_all()
+        logger.info("MQTT: connected to %s:%d (session present: %s)", self._host, self._port, flags.session_present)
+        result, mid = self._client.subscribe(self.topic(FEEDBACK_TOPIC), qos=1)
+        with self._lock:
+            self._feedback_mid = mid if result == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # Lost the connection again already; on_disconnect follows. Do not leave waiters hanging.
+            logger.warning("MQTT: could not subscribe to feedback: %s", mqtt.error_string(result))
+            self._ready.set()
+        info = self._client.publish(self.topic("status"), self._status_payload("online"), qos=1, retain=True)
+        self._register(info.mid, None)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self._connect_fails += 1
+            now = time.monotonic()
+            if now - self._connect_fail_logged >= _CONNECT_FAIL_LOG_INTERVAL_S:
+                self._connect_fail_logged = now
+                logger.warning(
+                    "MQTT: cannot reach broker %s:%d (%d attempts so far); retrying with backoff, "
+                    "messages wait in the outbox",
+                    self._host,
+                    self._port,
+                    self._connect_fails,
+                )
+        except Exception:
+            logger.exception("MQTT: error in on_connect_fail")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._cond:
+                was_connected = self._connected
+                self._connected = False
+                if was_connected:
+                    self.disconnects += 1
+                if self._fatal_error is None:
+                    self._ready.clear()
+                self._cond.notify_all()
+            if was_connected and not self._stopping:
+                logger.warning(
+                    "MQTT: disconnected from %s:%d (%s); %d messages in flight will be retransmitted on reconnect",
+                    self._host,
+                    self._port,
+                    reason_code,
+                    len(self._inflight_ids),
+                )
+        except Exception:
+            logger.exception("MQTT: error in on_disconnect")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._lock:
+                if mid in self._mid_to_id:
+                    msg_id = self._mid_to_id.pop(mid)
+                    known = True
+                else:
+                    # The PUBACK overtook _register (publish() returned in the sender thread, the ack
+                    # was processed here first); _register completes it.
+                    self._early_acks.add(mid)
+                    msg_id, known = None, False
+            if known and msg_id is not None:
+                self._complete(msg_id, reason_code if reason_code.is_failure else None)
+        except Exception:
+            logger.exception("MQTT: error in on_publish")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._lock:
+                ours = mid == self._feedback_mid
+            if not ours:
+                return
+            if any(rc.is_failure for rc in reason_codes):
+                logger.error(
+                    "MQTT: subscription to %s refused (%s); no feedback will arrive",
+                    self.topic(FEEDBACK_TOPIC),
+                    reason_codes,
+                )
+            self._ready.set()
+        except Exception:
+            logger.exception("MQTT: error in on_subscribe")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            if message.topic == self.topic(FEEDBACK_TOPIC):
+                self._handle_feedback(message.payload)
+        except Exception:
+            logger.exception("MQTT: error handling a message on %s", message.topic)
+
+    # ------------------------------------------------------------------ feedback
+
+    def _reject_feedback(self, reason: str, detail: str) -> None:
+        with self._lock:
+            self.feedback_rejected[reason] = self.feedback_rejected.get(reason, 0) + 1
+        logger.warning("MQTT: rejected feedback message (%s): %s", reason, detail)
+
+    def _handle_feedback(self, payload: bytes) -> None:
+        if len(payload) > MAX_FEEDBACK_BYTES:
+            self._reject_feedback("oversize", f"{len(payload)} bytes > {MAX_FEEDBACK_BYTES}")
+            return
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._reject_feedback("invalid_json", str(exc)[:200])
+            return
+        if not isinstance(data, dict):
+            self._reject_feedback("not_object", f"top level is {type(data).__name__}")
+            return
+        missing = [k for k in ("schema", "event_id", "sku") if k not in data]
+        if missing:
+            self._reject_feedback("missing_field", f"missing {', '.join(missing)}")
+            return
+        if data["schema"] != FEEDBACK_SCHEMA:
+            self._reject_feedback("wrong_schema", f"schema {str(data['schema'])[:64]!r}, expected {FEEDBACK_SCHEMA!r}")
+            return
+        for key in ("event_id", "sku"):
+            value = data[key]
+            if not isinstance(value, str):
+                self._reject_feedback("wrong_type", f"{key} is {type(value).__name__}, expected a string")
+                return
+            if not value or len(value) > _MAX_FEEDBACK_FIELD:
+                self._reject_feedback("invalid_value", f"{key} is empty or longer than {_MAX_FEEDBACK_FIELD} chars")
+                return
+        # QoS 1 redelivers after a reconnect; counting one review twice would skew per-class accuracy.
+        key = (data["id"],) if isinstance(data.get("id"), str) else (data["event_id"], data["sku"])
+        with self._lock:
+            if key in self._feedback_seen:
+                self.feedback_duplicates += 1
+                return
+            self._feedback_seen[key] = None
+            if len(self._feedback_seen) > _FEEDBACK_DEDUPE:
+                self._feedback_seen.popitem(last=False)
+            self.feedback_received += 1
+        callback = self._feedback_cb
+        if callback is None:
+            return
+        try:
+            callback(data)
+        except Exception:
+            with self._lock:
+                self.feedback_rejected["callback_error"] = self.feedback_rejected.get("callback_error", 0) + 1
+            logger.exception("MQTT: feedback callback failed for event %s", data["event_id"])

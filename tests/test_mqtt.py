@@ -1,0 +1,353 @@
+"""The MQTT publisher against a real mosquitto: delivery, outages, status and will, feedback, auth, TLS."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_runtime.errors import EXIT_USAGE, UsageError
+from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES, MqttAuthError, MqttPublisher, read_credentials
+from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
+from tests import broker
+from tests.broker import Collector, Mosquitto, make_tls_files
+
+# The broker fixtures, bound here so this module runs on its own; redundant (and harmless) once
+# tests/conftest.py imports them for every module.
+mosquitto = broker.mosquitto
+mosquitto_factory = broker.mosquitto_factory
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "cam-1"
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "state" / OUTBOX_FILENAME, max_bytes=16 << 20, ttl_s=3600)
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def make_publisher(outbox: Outbox) -> Iterator[Callable[..., MqttPublisher]]:
+    made: list[MqttPublisher] = []
+
+    def make(broker: Mosquitto, **kwargs: Any) -> MqttPublisher:
+        options: dict[str, Any] = {"host": broker.host, "port": broker.port, "device_id": DEVICE, "outbox": outbox}
+        options.update(kwargs)
+        publisher = MqttPublisher(**options)
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.close(publish_offline=False, timeout_s=1.0)
+
+
+def result(i: int) -> dict[str, Any]:
+    return {"schema": "edge.results/1", "id": f"res-{i:05d}", "device_id": DEVICE, "frame_id": i, "regions": []}
+
+
+def send_results(publisher: MqttPublisher, numbers: range) -> set[str]:
+    for i in numbers:
+        assert publisher.send("results", result(i))
+    return {f"res-{i:05d}" for i in numbers}
+
+
+def test_topics_and_payload_checks(outbox: Outbox) -> None:
+    publisher = MqttPublisher(host="127.0.0.1", port=1, device_id=DEVICE, outbox=outbox, prefix="store7")
+    assert publisher.topic("results") == "store7/cam-1/results"
+    with pytest.raises(ValueError):
+        publisher.topic("a/b")
+    assert not publisher.send("results", {"schema": "edge.results/1", "score": math.nan})  # NaN is not JSON
+    assert publisher.stats().send_rejected == 1
+    assert publisher.send("heartbeat", {"schema": "edge.heartbeat/1", "fps": 12.5})  # id added when absent
+    (stored,) = outbox.next_batch(5)
+    assert stored.kind == "heartbeat" and stored.topic == "store7/cam-1/heartbeat"
+    assert json.loads(stored.payload)["id"] == stored.id
+    with pytest.raises(UsageError):
+        MqttPublisher(host="h", port=1, device_id="bad/id", outbox=outbox)
+    publisher.close()  # never started: nothing to do, no error
+
+
+def test_delivers_every_result_and_empties_the_outbox(
+    mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    collector = Collector(mosquitto.host, mosquitto.port, f"edge/{DEVICE}/results")
+    publisher = make_publisher(mosquitto)
+    publisher.start()
+    assert publisher.wait_connected(10), mosquitto.log_tail()
+    expected = send_results(publisher, range(300))
+    assert publisher.flush(20)
+    assert collector.wait_ids(expected, 10)
+    ids = collector.ids()
+    assert set(ids) == expected  # no strangers; duplicates would be legal but none happen without an outage
+    assert outbox.stats().depth == 0 and outbox.stats().bytes == 0
+    stats = publisher.stats()
+    assert (stats.published, stats.acked, stats.inflight, stats.connects) == (300, 300, 0, 1)
+    assert [p["frame_id"] for p in collector.payloads()] == list(range(300))  # sent oldest first
+    collector.close()
+
+
+def test_broker_absent_at_start_then_everything_is_delivered(
+    mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    broker = mosquitto_factory(persistence=True)
+    broker.start()
+    # A persistent subscriber: the broker keeps its subscription across the restart and queues for it.
+    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/results", client_id="sub-a", clean_session=False)
+    broker.stop()
+
+    publisher = make_publisher(broker, reconnect_min_s=0.25)  # paho's first retry waits 3x the minimum
+    publisher.start()
+    expected = send_results(publisher, range(50))
+    assert not publisher.wait_connected(0.3)
+    assert publisher.fatal_error is None  # absent is not fatal: keep trying
+    assert outbox.depth == 50
+
+    broker.start()
+    assert publisher.flush(20), broker.log_tail()
+    assert collector.wait_ids(expected, 10)
+    assert publisher.stats().connects == 1
+    collector.close()
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    broker = mosquitto_factory(persistence=True)
+    broker.start()
+    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/results", client_id="sub-b", clean_session=False)
+    publisher = make_publisher(broker, reconnect_min_s=0.25)  # paho's first retry waits 3x the minimum
+    publisher.start()
+    assert publisher.wait_connected(10)
+
+    expected = send_results(publisher, range(0, 150))
+    broker.stop()  # while the first batch is still streaming out
+    expected |= send_results(publisher, range(150, 250))
+    broker.start()
+    expected |= send_results(publisher, range(250, 400))
+
+    assert publisher.flush(30), broker.log_tail()
+    assert collector.wait_ids(expected, 15)
+    ids = collector.ids()
+    assert set(ids) == expected
+    stats = publisher.stats()
+    assert stats.disconnects >= 1 and stats.connects >= 2
+    assert stats.acked == 400
+    assert outbox.depth == 0
+    collector.close()
+
+
+def test_retained_status_online_then_offline_on_close(
+    mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher]
+) -> None:
+    publisher = make_publisher(mosquitto, status_fields={"bundle_id": "sha256:abc"})
+    publisher.start()
+    assert publisher.wait_connected(10)
+    status = publisher.topic("status")
+    collector = Collector(mosquitto.host, mosquitto.port, status)  # subscribes after the fact: sees the retained one
+    assert collector.wait_for(lambda ps: len(ps) >= 1, 5)
+    online = collector.messages[0]
+    assert online.retain
+    body = json.loads(online.payload)
+    assert (body["schema"], body["state"], body["device_id"], body["bundle_id"]) == (
+        "edge.status/1",
+        "online",
+        DEVICE,
+        "sha256:abc",
+    )
+    assert body["ts"].endswith("Z") and body["id"]
+
+    publisher.close()
+    assert collector.wait_for(lambda ps: ps[-1]["state"] == "offline", 5)
+    assert collector.payloads()[-1]["reason"] == "shutdown"
+    collector.close()
+    late = Collector(mosquitto.host, mosquitto.port, status)  # a newcomer learns the device is offline
+    assert late.wait_for(lambda ps: len(ps) >= 1 and ps[0]["state"] == "offline", 5)
+    late.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from edge_runtime.run.mqtt import MqttPublisher
+    from edge_runtime.run.outbox import Outbox
+
+    port, state = int(sys.argv[1]), Path(sys.argv[2])
+    publisher = MqttPublisher(host="127.0.0.1", port=port, device_id="cam-lwt",
+                              outbox=Outbox(state / "outbox.sqlite3", 1 << 20, 3600), keepalive_s=5)
+    publisher.start()
+    if not publisher.wait_connected(10):
+        sys.exit("not connected")
+    time.sleep(60)
+    """
+)
+
+
+def test_last_will_marks_a_killed_process_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    collector = Collector(mosquitto.host, mosquitto.port, "edge/cam-lwt/status")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(mosquitto.port), str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        online = collector.wait_for(lambda ps: any(p["state"] == "online" for p in ps), 15)
+        if not online:
+            child.kill()
+            pytest.fail(f"child never came online: {child.communicate(timeout=5)[1].decode(errors='replace')}")
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+        assert collector.wait_for(lambda ps: ps[-1]["state"] == "offline", 5), mosquitto.log_tail()
+        will = collector.payloads()[-1]
+        assert (will["schema"], will["reason"], will["device_id"]) == ("edge.status/1", "connection_lost", "cam-lwt")
+        assert collector.messages[-1].topic == "edge/cam-lwt/status"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate(timeout=5)
+        collector.close()
+
+
+def test_feedback_is_validated_counted_and_delivered(
+    mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher]
+) -> None:
+    publisher = make_publisher(mosquitto)
+    received: list[dict[str, Any]] = []
+
+    def on_feedback(feedback: dict[str, Any]) -> None:
+        if feedback["sku"] == "boom":
+            raise RuntimeError("a broken callback must not take the network thread down")
+        received.append(feedback)
+
+    publisher.on_feedback(on_feedback)
+    publisher.start()
+    assert publisher.wait_connected(10)
+
+    def fb(**fields: Any) -> bytes:
+        return json.dumps({"schema": "edge.feedback/1", **fields}).encode()
+
+    good = fb(event_id="evt-1", sku="arla-standard-milk")
+    messages = [
+        good,
+        good,  # a redelivery: dropped as a duplicate, not counted twice
+        b"{not json",
+        b"\xff\xfe\x00",
+        b"[1, 2, 3]",
+        json.dumps({"schema": "edge.results/1", "event_id": "e", "sku": "s"}).encode(),
+        fb(event_id="evt-2"),
+        fb(event_id="evt-3", sku=5),
+        fb(event_id="", sku="x"),
+        fb(event_id="evt-4", sku="x", note="n" * MAX_FEEDBACK_BYTES),
+        fb(event_id="evt-5", sku="boom"),
+        fb(event_id="evt-6", sku="oatly-oat-milk", reviewer="ana"),
+    ]
+    sender = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    sender.connect(mosquitto.host, mosquitto.port)
+    sender.loop_start()
+    for payload in messages:
+        sender.publish(publisher.topic("feedback"), payload, qos=1).wait_for_publish(5)
+    sender.disconnect()
+    sender.loop_stop()
+
+    expected_rejected = {
+        "invalid_json": 2,
+        "not_object": 1,
+        "wrong_schema": 1,
+        "missing_field": 1,
+        "wrong_type": 1,
+        "invalid_value": 1,
+        "oversize": 1,
+        "callback_error": 1,
+    }
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and publisher.stats().feedback_rejected != expected_rejected:
+        time.sleep(0.02)
+    stats = publisher.stats()
+    assert stats.feedback_rejected == expected_rejected
+    assert [(f["event_id"], f["sku"]) for f in received] == [
+        ("evt-1", "arla-standard-milk"),
+        ("evt-6", "oatly-oat-milk"),
+    ]
+    assert stats.feedback_duplicates == 1
+    assert stats.feedback_received == 3  # evt-1, evt-5 (its callback failed), evt-6
+    assert publisher.connected  # the network thread survived all of it
+
+
+def test_refused_credentials_are_fatal_not_retried(
+    mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], tmp_path: Path
+) -> None:
+    broker = mosquitto_factory(passwords={"edge": "s3cret:with colon"})
+    broker.start()
+    bad = tmp_path / "bad.cred"
+    bad.write_text("edge:wrong\n")
+    bad.chmod(0o600)
+    publisher = make_publisher(broker, credentials_file=str(bad), reconnect_min_s=0.1, reconnect_max_s=0.2)
+    started = time.monotonic()
+    publisher.start()
+    assert not publisher.wait_connected(10)
+    assert time.monotonic() - started < 3
+    assert publisher.fatal_error is not None and "Not authorized" in publisher.fatal_error
+    assert "wrong" not in publisher.fatal_error
+    with pytest.raises(MqttAuthError) as info:
+        publisher.raise_if_fatal()
+    assert info.value.exit_code == EXIT_USAGE
+    time.sleep(0.6)  # several reconnect delays: a retrying client would have knocked again by now
+    assert broker.log_tail(200).count("not authorised") == 1, broker.log_tail()
+
+    good = tmp_path / "good.cred"
+    good.write_text("edge\ns3cret:with colon\n")  # the two-line form keeps a ':' in the password
+    good.chmod(0o600)
+    publisher.close(publish_offline=False)
+    ok = make_publisher(broker, credentials_file=str(good), client_id="edge-cam-1-ok")
+    ok.start()
+    assert ok.wait_connected(10), broker.log_tail()
+    assert ok.fatal_error is None
+
+
+def test_read_credentials_formats_and_errors(tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    one.write_text("user:pa:ss\n")
+    assert read_credentials(one) == ("user", "pa:ss")
+    two = tmp_path / "two"
+    two.write_text("user\npass word\n")
+    assert read_credentials(two) == ("user", "pass word")
+    bad = tmp_path / "bad"
+    bad.write_text("just-a-token\n")
+    with pytest.raises(UsageError, match="not in a known format") as info:
+        read_credentials(bad)
+    assert "just-a-token" not in str(info.value)
+    with pytest.raises(UsageError, match="cannot read"):
+        read_credentials(tmp_path / "missing")
+
+
+def test_tls_with_a_private_ca(
+    mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], tmp_path: Path
+) -> None:
+    tls = make_tls_files(tmp_path / "pki")
+    broker = mosquitto_factory(tls=tls)
+    broker.start()
+    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/results", tls_ca=tls.ca)
+    publisher = make_publisher(broker, tls_ca_file=str(tls.ca))
+    publisher.start()
+    assert publisher.wait_connected(10), broker.log_tail()
+    expected = send_results(publisher, range(5))
+    assert publisher.flush(10)
+    assert collector.wait_ids(expected, 5)
+    collector.close()
+    with pytest.raises(UsageError, match="tls_ca_file"):
+        make_publisher(broker, tls_ca_file=str(tmp_path / "missing-ca.pem"))

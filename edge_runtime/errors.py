@@ -14,6 +14,7 @@ EXIT_INPUT = 3  # catalogue, model or bundle unusable
 EXIT_NOTHING_FITS = 4  # no variant meets the memory budget and latency ceiling
 EXIT_READINESS = 5  # readiness checklist failed under --strict
 EXIT_BENCH = 6  # edge-bench: headroom or latency outside the profile's limits
+EXIT_AUTH = 7  # edge-run: the MQTT broker refused this device's credentials or identity
 
 
 class EdgeError(Exception):
@@ -88,3 +89,13 @@ class ReadinessError(EdgeError):
 
 class BenchLimitError(EdgeError):
     exit_code = EXIT_BENCH
+
+
+class AuthError(EdgeError):
+    """The broker refused this device for good (bad credentials, not authorised): retrying cannot fix it.
+
+    A distinct code lets the systemd unit list it in ``RestartPreventExitStatus=`` so a revoked device does
+    not hammer the broker with logins.
+    """
+
+    exit_code = EXIT_AUTH

@@ -140,18 +140,6 @@ def decode_catalogue(catalogue: Catalogue, sizes: list[int], progress: bool = Fa
     return DecodedCatalogue(catalogue=result, labels=labels, pixels=pixels)
 
 
-def holdout_split(labels: np.ndarray, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class split: every class keeps at least one reference image; classes with 2+ give one or more for eval."""
-    rng = np.random.default_rng(seed)
-    train, held = [], []
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_eval = 0 if len(idx) < 2 else max(1, round(len(idx) * fraction))
-        held.extend(idx[:n_eval])
-        train.extend(idx[n_eval:])
-    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))
-
-
 def stratified_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """Up to ``count`` indices spread evenly over classes (for INT8 calibration)."""
     rng = np.random.default_rng(seed)

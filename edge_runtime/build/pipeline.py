@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,17 @@ from edge_runtime.bundle import (
     sha256_file,
     write_bundle,
 )
-from edge_runtime.errors import UsageError
+from edge_runtime.errors import BudgetError, UsageError
+from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
+from edge_runtime.head.projection import Projection, fit_lda
 from edge_runtime.head.prototypes import PrototypeTable, class_centroids, l2_normalise, nearest
 from edge_runtime.profile import DeviceProfile, load_profile
 from edge_runtime.types import Accuracy, Candidate, Footprint, ModelVariant, VariantSpec
 
 log = logging.getLogger(__name__)
 
+HOLDOUT_FOLDS = 4
+RANKING_SHRINKAGE = 0.2
 # Frames the runtime keeps queued at the camera resolution; counted in the measured footprint.
 FRAME_QUEUE_DEPTH = 4
 EMBED_BATCH = 16
@@ -59,7 +63,6 @@ class BuildOptions:
     model: Path | None = None  # None: the default EfficientNet-Lite0 backbone
     cache_dir: Path = field(default_factory=default_cache_dir)
     seed: int = 0
-    holdout: float = 0.2
     runs: int = 30
 
 
@@ -69,6 +72,7 @@ class BuildResult:
     chosen: Candidate
     candidates: list[Candidate]
     profile: DeviceProfile
+    footprint: Footprint
 
     def summary(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -78,11 +82,13 @@ class BuildResult:
             "bundle_id": self.bundle.bundle_id,
             "profile": self.profile.name,
             "variant": self.chosen.spec.name,
-            "footprint_mib": round(self.chosen.footprint.total_mib, 2),
+            "footprint_mib": round(self.footprint.total_mib, 2),
             "budget_mib": self.profile.device.memory_budget_mib,
             "headroom": m["headroom"],
             "latency_ms": round(self.chosen.measurement.latency_ms_p50, 3),
             "accuracy": round(self.chosen.accuracy.top1, 4),
+            "ood_method": m["head"]["ood"]["chosen"],
+            "known_auto_accepted": m["head"]["routing"]["known_auto_accepted"],
             "host_estimate": self.chosen.host_estimate,
             "skus": m["catalogue"]["skus"],
         }
@@ -143,6 +149,14 @@ def _embed(model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: 
     return np.concatenate(out)
 
 
+def _ranking_projection(feats: np.ndarray, labels: np.ndarray) -> Projection:
+    """The projection used to rank variants: the head's LDA at a fixed, middle shrinkage (the full head
+    chooses its own by cross-validation, which is too slow to repeat for every variant)."""
+    if len(np.unique(labels)) < 3:
+        return Projection.identity(feats.shape[1])
+    return fit_lda(feats, labels, RANKING_SHRINKAGE)
+
+
 def _top1(table: PrototypeTable, feats: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     if len(labels) == 0:
         return float("nan"), np.zeros(0, dtype=np.int64)
@@ -172,9 +186,9 @@ def run_build(opts: BuildOptions) -> BuildResult:
         log.warning("%d catalogue image(s) skipped as unreadable", len(decoded.catalogue.skipped))
     labels = decoded.labels
     n_classes = len(decoded.catalogue.skus)
-    train_idx, eval_idx = cat.holdout_split(labels, opts.holdout, opts.seed)
-    calib_idx = cat.stratified_sample(labels[train_idx], b.calibration_images, opts.seed)
-    calib_idx = train_idx[calib_idx]
+    # Calibration only sets activation ranges, so it may draw on every image.
+    calib_idx = cat.stratified_sample(labels, b.calibration_images, opts.seed)
+    split: tuple[np.ndarray, np.ndarray] | None = None  # (train, eval), from the first fp32 embedding
 
     backend_here, host_estimate, estimate_reason = measurement_backend(profile)
     if host_estimate:
@@ -204,6 +218,10 @@ def run_build(opts: BuildOptions) -> BuildResult:
             log.info("variant %s: embedded %d images in %.1f s", variant.name, len(feats), time.perf_counter() - t0)
             if precision == "fp32":
                 fp32_feats = feats
+            if split is None:
+                # Held-out images are whole clusters of look-alikes, not random siblings of training images.
+                fold = cluster_folds(feats, labels, HOLDOUT_FOLDS, opts.seed)
+                split = (np.flatnonzero(fold != 0), np.flatnonzero(fold == 0))
             assert fp32_feats is not None
             if precision not in precisions:
                 continue  # fp32 was only the reference
@@ -216,8 +234,8 @@ def run_build(opts: BuildOptions) -> BuildResult:
                     feats,
                     fp32_feats,
                     labels,
-                    train_idx,
-                    eval_idx,
+                    split[0],
+                    split[1],
                     n_classes,
                     profile,
                     backend_here,
@@ -238,21 +256,31 @@ def run_build(opts: BuildOptions) -> BuildResult:
     chosen = choose(candidates)
     log.info("chose %s", chosen.spec.name)
 
-    # The shipped table uses every catalogue image; the held-out split only served to rank variants.
-    centroids = class_centroids(full_feats[chosen.spec.model], labels, n_classes)
-    table = PrototypeTable.from_float(centroids, chosen.spec.table_precision)
-    model_bytes = variant_files[chosen.spec.model].read_bytes()
     skus = decoded.catalogue.skus
+    budget = float(profile.device.memory_budget_mib)
+    limit_mib = budget * (1.0 - profile.device.min_headroom)
+    # The head replaces the ranking table: fitted on every catalogue image with the chosen variant.
+    r = profile.routing
+    settings = FitSettings(
+        accept_precision=r.accept_precision,
+        ood_keep=r.ood_keep,
+        verify_band=r.verify_band,
+        table_precision=chosen.spec.table_precision,
+        ood_memory_limit_bytes=int(max(0.0, limit_mib - chosen.footprint.total_mib) * MIB),
+        seed=opts.seed,
+    )
+    log.info("fitting the recognition head (projection, calibration, OOD gate, thresholds)")
+    head, head_report = fit_head(full_feats[chosen.spec.model], labels, list(skus), settings)
+    footprint = replace(chosen.footprint, table_mib=head.nbytes / MIB)
+    if footprint.total_mib > limit_mib:
+        raise BudgetError(
+            f"the fitted head brings {chosen.spec.name} to {footprint.total_mib:.1f} MiB, over {limit_mib:.1f} MiB",
+            hint="raise device.memory_budget_mib or allow int8 tables",
+        )
+    model_bytes = variant_files[chosen.spec.model].read_bytes()
     labels_doc = [{"index": i, "sku": s.code, "name": s.name, "group": s.group} for i, s in enumerate(skus)]
-    head_doc = {
-        "kind": "nearest-centroid",
-        "metric": "cosine",
-        "table_precision": chosen.spec.table_precision,
-        "top_k": 5,
-    }
     profile_doc = profile.model_dump(mode="json")
     table_text = format_table(candidates, chosen)
-    budget = float(profile.device.memory_budget_mib)
     manifest: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": {
@@ -270,20 +298,20 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "sha256": sha256_bytes(model_bytes),
             "input_size": chosen.spec.model.input_size,
             "precision": chosen.spec.model.precision,
-            "embedding_dim": int(centroids.shape[1]),
+            "embedding_dim": int(full_feats[chosen.spec.model].shape[1]),
             "int8_scheme": scheme if chosen.spec.model.precision == "int8" else None,
         },
         "variant": chosen.as_row(),
         "footprint": {
-            "total_mib": round(chosen.footprint.total_mib, 2),
-            "process_peak_mib": round(chosen.footprint.process_peak_mib, 2),
-            "table_mib": round(chosen.footprint.table_mib, 4),
-            "gpu_mib": round(chosen.footprint.gpu_mib, 2),
+            "total_mib": round(footprint.total_mib, 2),
+            "process_peak_mib": round(footprint.process_peak_mib, 2),
+            "head_mib": round(footprint.table_mib, 4),
+            "gpu_mib": round(footprint.gpu_mib, 2),
             "frame_queue_mib": round(frame_bytes / MIB, 2),
         },
         "budget_mib": budget,
         "min_headroom": profile.device.min_headroom,
-        "headroom": round(1.0 - chosen.footprint.total_mib / budget, 4),
+        "headroom": round(1.0 - footprint.total_mib / budget, 4),
         "accuracy": {
             "top1_heldout": round(chosen.accuracy.top1, 4),
             "n_eval": chosen.accuracy.n_eval,
@@ -303,21 +331,22 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "skipped": [[p.name, why] for p, why in decoded.catalogue.skipped],
         },
         "decision_table": [c.as_row() for c in candidates],
+        "head": head_report,
         "tool_versions": _tool_versions(),
     }
     report = _report(profile, manifest, table_text)
     members = {
         MODEL: model_bytes,
-        PROTOTYPES: npz_bytes(table.to_arrays()),
+        PROTOTYPES: npz_bytes(head.to_arrays()),
         LABELS: json_bytes(labels_doc),
-        HEAD: json_bytes(head_doc),
+        HEAD: json_bytes(head.to_json()),
         PROFILE: json_bytes(profile_doc),
         "report/build_report.md": report.encode("utf-8"),
     }
     bundle = write_bundle(opts.out, members, manifest)
     shutil.rmtree(work, ignore_errors=True)
     log.info("bundle written to %s in %.1f s", bundle.root, time.perf_counter() - t_start)
-    return BuildResult(bundle=bundle, chosen=chosen, candidates=candidates, profile=profile)
+    return BuildResult(bundle=bundle, chosen=chosen, candidates=candidates, profile=profile, footprint=footprint)
 
 
 def _candidates_for(
@@ -346,13 +375,17 @@ def _candidates_for(
         embedding_output=b.embedding_output,
     )
     cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)
-    centroids = class_centroids(feats[train_idx], labels[train_idx], n_classes)
-    ref_table = PrototypeTable.from_float(class_centroids(fp32_feats[train_idx], labels[train_idx], n_classes), "fp32")
-    _, ref_pred = _top1(ref_table, fp32_feats[eval_idx], labels[eval_idx])
+    proj = _ranking_projection(feats[train_idx], labels[train_idx])
+    centroids = class_centroids(proj.apply(feats[train_idx]), labels[train_idx], n_classes)
+    ref_proj = _ranking_projection(fp32_feats[train_idx], labels[train_idx])
+    ref_cents = class_centroids(ref_proj.apply(fp32_feats[train_idx]), labels[train_idx], n_classes)
+    _, ref_pred = _top1(
+        PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(fp32_feats[eval_idx]), labels[eval_idx]
+    )
     out = []
     for tp in b.table_precisions:
         table = PrototypeTable.from_float(centroids, tp)
-        top1, pred = _top1(table, feats[eval_idx], labels[eval_idx])
+        top1, pred = _top1(table, proj.apply(feats[eval_idx]), labels[eval_idx])
         accuracy = Accuracy(
             top1=top1,
             n_eval=len(eval_idx),
@@ -417,6 +450,10 @@ def _report(profile: DeviceProfile, manifest: dict[str, Any], table_text: str) -
         f"- measured with {m['measurement']['backend']} on {m['measurement']['host']}"
         + (f" — host estimate: {m['measurement']['why_estimate']}" if m["measurement"]["host_estimate"] else ""),
         "",
+        "## Recognition head",
+        "",
+        *_head_lines(m["head"]),
+        "",
         "## Decision table",
         "",
         "```",
@@ -427,6 +464,31 @@ def _report(profile: DeviceProfile, manifest: dict[str, Any], table_text: str) -
     return "\n".join(lines)
 
 
+def _head_lines(h: dict[str, Any]) -> list[str]:
+    ood, rt, cal = h["ood"], h["routing"], h["calibration"]
+    lines = [
+        f"- projection: {h['projection']['chosen']} (cross-validated top-1 by choice: {h['projection']['cv_top1']})",
+        f"- out-of-fold top-1 {h['accuracy']['top1_oof']:.1%}, group top-1 {h['accuracy']['group_top1_oof']:.1%} "
+        f"on {h['accuracy']['n_eval']} images (held out by clusters of look-alike images)",
+        f"- calibration: temperature {cal['temperature']:.4f}, ECE {cal['ece_before']:.3f} before, "
+        f"{cal['ece_after']:.3f} after (15 bins)",
+        f"- OOD gate: {ood['chosen']}, threshold {ood['threshold']:.4f} keeps {ood['keep']:.0%} of known images",
+        f"- accept thresholds for precision {rt['accept_precision_target']}: levels {rt['threshold_levels']}, "
+        f"{rt['never_accepted_classes']} class(es) never auto-accepted; {rt['known_auto_accepted']:.1%} of known "
+        f"images auto-accepted, accepted precision {rt['accepted_precision_with_unknowns']} with "
+        f"{rt['unknown_share_assumed']:.0%} simulated new products in the stream",
+        "",
+        "| OOD method | detection at keep | AUROC | siblings | extra bytes |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in ood["methods"].items():
+        lines.append(
+            f"| {name} | {row['detection']:.1%} | {row['auroc']:.3f} | {row['detection_siblings']} | "
+            f"{row['extra_bytes']} |"
+        )
+    return lines
+
+
 def summary_text(result: BuildResult) -> str:
     s = result.summary()
     est = " (host estimate: confirm with edge-bench on the device)" if s["host_estimate"] else ""
@@ -434,7 +496,8 @@ def summary_text(result: BuildResult) -> str:
         f"edge-build {s['profile']}: {s['variant']} for {s['skus']} SKUs\n"
         f"  footprint {s['footprint_mib']:.1f} MiB of {s['budget_mib']} MiB budget, headroom {s['headroom']:.1%}\n"
         f"  latency {s['latency_ms']:.2f} ms per image{est}\n"
-        f"  held-out top-1 {s['accuracy']:.1%}\n"
+        f"  held-out top-1 {s['accuracy']:.1%}; OOD gate {s['ood_method']}; "
+        f"{s['known_auto_accepted']:.0%} of known images auto-accepted\n"
         f"  bundle {s['bundle']}\n"
         f"  tarball {s['tarball']}\n"
         f"  bundle id {s['bundle_id']}"

@@ -148,8 +148,8 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
     # 2. out-of-fold scores with the chosen projection, for calibration and thresholds
     n = len(emb)
     cos_oof = np.zeros((n, n_classes), dtype=np.float32)
-    feats_oof = None
-    ood_oof = {m: np.zeros(n) for m in s.methods}
+    feats_oof: np.ndarray | None = None
+    per_fold = []
     for f in range(s.folds):
         train, test = fold != f, fold == f
         if not test.any():
@@ -158,17 +158,14 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
         ftrain, ftest = proj.apply(emb[train]), proj.apply(emb[test])
         if feats_oof is None:
             feats_oof = np.zeros((n, ftest.shape[1]), dtype=np.float32)
-        cents = class_centroids(ftrain, labels[train], n_classes)
-        cos_oof[test] = _cos(ftest, cents)
+        cos_oof[test] = _cos(ftest, class_centroids(ftrain, labels[train], n_classes))
         feats_oof[test] = ftest
+        per_fold.append((train, test, ftrain))
+    assert feats_oof is not None, "no fold had held-out images"
     y_eval = labels[evaluated]
     temperature = fit_temperature(cos_oof[evaluated], y_eval)
-    for f in range(s.folds):
-        train, test = fold != f, fold == f
-        if not test.any():
-            continue
-        proj = _project(emb[train], labels[train], shrink)
-        ftrain = proj.apply(emb[train])
+    ood_oof = {m: np.zeros(n) for m in s.methods}
+    for train, test, ftrain in per_fold:
         for m in s.methods:
             model = fit_ood(m, ftrain, labels[train], n_classes)
             ood_oof[m][test] = model.score(feats_oof[test], cos_oof[test], temperature)
@@ -191,7 +188,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
 
     # 3. OOD: hold out whole SKUs, fit on the rest, measure detection at the known-retention point
     ood_table, unknown_pool = _simulate_new_products(emb, labels, fold, group_of_class, shrink, temperature, s)
-    dim = feats_oof.shape[1] if feats_oof is not None else emb.shape[1]
+    dim = feats_oof.shape[1]
     eligible = []
     for m in s.methods:
         row = ood_table[m]
@@ -200,7 +197,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
         if row["eligible"]:
             eligible.append(m)
     method = max(eligible, key=lambda m: (ood_table[m]["detection"], ood_table[m]["auroc"]))
-    ood_threshold = float(np.quantile(ood_oof[method][evaluated], s.ood_keep))
+    ood_threshold = float(np.quantile(ood_oof[method][evaluated], s.ood_keep, method="higher"))
     report["ood"] = {"chosen": method, "threshold": ood_threshold, "keep": s.ood_keep, "methods": ood_table}
     log.info("head: OOD method %s, detection %.1f%% at %.0f%% known kept", method,
              100 * ood_table[method]["detection"], 100 * s.ood_keep)  # fmt: skip

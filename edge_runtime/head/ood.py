@@ -110,7 +110,7 @@ def extra_bytes(method: str, n_images: int, n_classes: int, dim: int) -> int:
 
 def detection_at_keep(known: np.ndarray, unknown: np.ndarray, keep: float) -> tuple[float, float]:
     """Share of unknown scores above the threshold that keeps ``keep`` of known scores; and that threshold."""
-    threshold = float(np.quantile(known, keep))
+    threshold = float(np.quantile(known, keep, method="higher"))  # a real score: keeps >= keep
     return float((unknown > threshold).mean()) if len(unknown) else float("nan"), threshold
 
 

@@ -42,24 +42,39 @@ class Projection:
 
 
 def fit_lda(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float, max_dim: int | None = None) -> Projection:
-    """Shrinkage LDA on L2-normalised embeddings; keeps at most ``n_classes - 1`` directions."""
+    """Shrinkage LDA on L2-normalised embeddings; keeps at most ``n_classes - 1`` directions.
+
+    With fewer images than dimensions the problem is solved in the span of the centred data, which is
+    exact: outside that span the shrunk within-class scatter is a multiple of the identity and the
+    between-class scatter is zero, so no discriminant direction lives there.
+    """
     x = l2_normalise(embeddings).astype(np.float64)
     classes = np.unique(labels)
     dim = x.shape[1]
     mean = x.mean(axis=0)
-    means = np.zeros((labels.max() + 1, dim))
-    counts = np.bincount(labels, minlength=labels.max() + 1).astype(np.float64)
-    np.add.at(means, labels, x)
+    centred_x = x - mean
+    basis = None
+    if len(x) < dim:
+        _, sing, vt = np.linalg.svd(centred_x, full_matrices=False)
+        basis = vt[sing > sing[0] * 1e-9]  # [r, D], orthonormal rows
+        centred_x = centred_x @ basis.T
+    n_cls = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_cls).astype(np.float64)
+    means = np.zeros((n_cls, centred_x.shape[1]))
+    np.add.at(means, labels, centred_x)
     means[counts > 0] /= counts[counts > 0, None]
-    within = x - means[labels]
+    within = centred_x - means[labels]
     sw = within.T @ within / len(x)
-    sw = (1.0 - shrinkage) * sw + shrinkage * (np.trace(sw) / dim) * np.eye(dim)
-    centred = means[classes] - mean
-    sb = centred.T @ (centred * counts[classes, None]) / len(x)
+    # The shrinkage target is scaled by the trace over all D dimensions, as in the full problem.
+    sw = (1.0 - shrinkage) * sw + shrinkage * (np.trace(sw) / dim) * np.eye(sw.shape[0])
+    class_means = means[classes]
+    sb = class_means.T @ (class_means * counts[classes, None]) / len(x)
     evals, evecs = np.linalg.eigh(sw)
     whiten = evecs / np.sqrt(np.maximum(evals, 1e-12))
     bevals, bevecs = np.linalg.eigh(whiten.T @ sb @ whiten)
     order = np.argsort(bevals)[::-1]
-    keep = min(len(classes) - 1, dim, max_dim or dim)
+    keep = min(len(classes) - 1, sw.shape[0], max_dim or dim)
     matrix = whiten @ bevecs[:, order[: max(1, keep)]]
+    if basis is not None:
+        matrix = basis.T @ matrix
     return Projection(mean.astype(np.float32), matrix.astype(np.float32))

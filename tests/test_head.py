@@ -1,0 +1,209 @@
+"""The recognition head on synthetic embeddings whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import json_bytes, npz_bytes
+from edge_runtime.head.calibration import NEVER, accept_thresholds, ece, fit_temperature, precision_threshold, softmax
+from edge_runtime.head.fit import FitSettings, cluster_folds, cluster_groups, fit_head
+from edge_runtime.head.model import Head
+from edge_runtime.head.ood import METHODS, auroc, detection_at_keep, fit_ood
+from edge_runtime.head.projection import fit_lda
+from edge_runtime.head.prototypes import class_centroids, l2_normalise
+from edge_runtime.head.routing import route
+from edge_runtime.types import SkuInfo
+
+DIM = 48
+
+
+def _world(seed: int = 0, n_classes: int = 12, per_class: int = 24, noise: float = 0.35):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, DIM))
+    return rng, means, noise, per_class
+
+
+def _sample(rng, means, labels, noise):
+    return (means[labels] + rng.normal(scale=noise, size=(len(labels), DIM))).astype(np.float32)
+
+
+def _skus(n: int, groups: list[str] | None = None) -> list[SkuInfo]:
+    return [SkuInfo(f"sku-{i:02d}", f"SKU {i}", groups[i] if groups else f"g{i // 3}") for i in range(n)]
+
+
+def _fast(**kw) -> FitSettings:
+    return FitSettings(folds=3, shrinkages=(0.1, 0.3), ood_folds=3, ood_holdout=0.2, min_support=5, **kw)
+
+
+def test_lda_in_the_data_span_equals_the_full_problem() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), 6)  # 30 images in 64 dims: the span path is taken
+    x = rng.normal(size=(5, 64))[labels] + rng.normal(scale=0.5, size=(30, 64))
+    proj = fit_lda(x, labels, 0.3)
+    # Reference: the textbook computation in all 64 dimensions.
+    z = l2_normalise(x).astype(np.float64)
+    mu = z.mean(0)
+    means = np.stack([z[labels == c].mean(0) for c in range(5)])
+    w = z - means[labels]
+    sw = w.T @ w / len(z)
+    sw = 0.7 * sw + 0.3 * np.trace(sw) / 64 * np.eye(64)
+    sb = (means - mu).T @ ((means - mu) * 6) / len(z)
+    evals, vecs = np.linalg.eig(np.linalg.solve(sw, sb))
+    ref = np.real(vecs[:, np.argsort(-np.real(evals))[:4]])
+    # Same discriminant subspace: the projections span the same 4-d space (up to scaling within it).
+    a = np.linalg.qr(proj.matrix.astype(np.float64))[0]
+    b = np.linalg.qr(ref)[0]
+    assert np.allclose(np.linalg.svd(a.T @ b, compute_uv=False), 1.0, atol=1e-4)
+
+
+def test_well_separated_classes_are_accepted_and_a_new_one_is_unknown() -> None:
+    rng, means, noise, per = _world()
+    labels = np.repeat(np.arange(12), per)
+    head, report = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), _fast())
+    assert report["accuracy"]["top1_oof"] > 0.97
+    test_labels = np.repeat(np.arange(12), 5)
+    decisions = head.decide(_sample(rng, means, test_labels, noise))
+    assert [d.top_k[0][0] for d in decisions] == [f"sku-{i:02d}" for i in test_labels]
+    assert np.mean([d.route == "accept" for d in decisions]) > 0.9
+    new_product = rng.normal(size=(1, DIM)) * 1.0
+    unseen = head.decide(_sample(rng, new_product, np.zeros(20, int), noise))
+    assert np.mean([d.route == "unknown" for d in unseen]) > 0.8
+    assert all(d.sku is None for d in unseen if d.route == "unknown")
+    assert report["ood"]["chosen"] in METHODS and report["ood"]["methods"][report["ood"]["chosen"]]["detection"] > 0.8
+
+
+def test_near_duplicate_pair_is_not_auto_accepted_wrongly() -> None:
+    rng, means, noise, per = _world(seed=2)
+    means[1] = means[0] + rng.normal(scale=0.06, size=DIM)  # sku-01 nearly looks like sku-00
+    labels = np.repeat(np.arange(12), per)
+    head, _ = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), _fast())
+    test_labels = np.repeat([0, 1], 100)
+    decisions = head.decide(_sample(rng, means, test_labels, noise))
+    pred = np.array([int(d.top_k[0][0][-2:]) for d in decisions])
+    accepted = np.array([d.route == "accept" for d in decisions])
+    assert (pred != test_labels).any(), "the pair should really be confusable"
+    if accepted.any():
+        assert (pred == test_labels)[accepted].mean() >= 0.95
+    # Doubtful ones go to a person with the reason, not silently accepted.
+    doubtful = [d for d in decisions if d.route == "verify"]
+    assert doubtful and all(d.reasons for d in doubtful)
+    # An easy class is auto-accepted far more often than the confusable pair.
+    easy = head.decide(_sample(rng, means, np.full(100, 5), noise))
+    assert np.mean([d.route == "accept" for d in easy]) > accepted.mean() + 0.2
+
+
+def test_long_tail_classes_back_off_to_group_or_global() -> None:
+    rng, means, noise, _ = _world(seed=3)
+    counts = [40] * 9 + [3, 3, 2]
+    labels = np.concatenate([np.full(c, i) for i, c in enumerate(counts)])
+    head, report = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), _fast())
+    levels = head.config.threshold_levels
+    assert all(lvl == "class" for lvl in levels[:9])
+    assert all(lvl in ("group", "global") for lvl in levels[9:])
+    assert report["routing"]["threshold_levels"]["class"] == 9
+
+
+def test_groups_are_clustered_when_the_catalogue_has_none() -> None:
+    rng = np.random.default_rng(4)
+    families = rng.normal(size=(3, DIM)) * 3
+    centroids = l2_normalise(np.repeat(families, 4, axis=0) + rng.normal(scale=0.3, size=(12, DIM)))
+    groups = cluster_groups(centroids, target_size=4)
+    assert len(set(groups)) == 3
+    assert all(len(set(groups[i * 4 : i * 4 + 4])) == 1 for i in range(3))
+    labels = np.repeat(np.arange(12), 10)
+    x = np.repeat(centroids, 10, axis=0) + rng.normal(scale=0.05, size=(120, DIM))
+    head, report = fit_head(x, labels, _skus(12, groups=[""] * 12), _fast())
+    assert report["groups"] == {"source": "clustered", "count": 3}
+    assert len(head.group_names) == 3
+
+
+def test_temperature_is_recovered_and_lowers_ece() -> None:
+    rng = np.random.default_rng(5)
+    cos = rng.uniform(-0.2, 0.6, size=(4000, 10)).astype(np.float32)
+    true_t = 0.07
+    probs = softmax(cos / true_t)
+    labels = np.array([rng.choice(10, p=p) for p in probs])
+    t = fit_temperature(cos, labels)
+    assert abs(t - true_t) / true_t < 0.1
+    raw = softmax(cos)
+    cal = softmax(cos / t)
+    assert ece(cal.max(1), cal.argmax(1) == labels) < 0.03 < ece(raw.max(1), raw.argmax(1) == labels)
+
+
+def test_precision_threshold_known_answer() -> None:
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    ok = np.array([1, 1, 1, 0, 1, 0], bool)
+    w = np.ones(6)
+    assert precision_threshold(conf, ok, w, 1.0) == 0.9
+    assert precision_threshold(conf, ok, w, 0.8) == 0.7  # 4 of 5 at >= 0.7
+    assert precision_threshold(conf[3:4], ok[3:4], w[:1], 0.9) == NEVER
+    # Weighted: one heavy false accept at 0.95 forces the threshold above it.
+    w2 = np.array([1, 50, 1, 1, 1, 1.0])
+    ok2 = np.array([1, 0, 1, 1, 1, 1], bool)
+    assert precision_threshold(conf, ok2, w2, 0.9) == 0.99
+    thr = accept_thresholds(np.zeros(6, int), conf, ok, w, np.array([0]), 1.0, min_support=3)
+    assert thr.levels == ["class"] and thr.values[0] == 0.9
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_ood_method_ranks_a_new_cluster_above_known_images(method: str) -> None:
+    rng, means, noise, per = _world(seed=6)
+    labels = np.repeat(np.arange(12), per)
+    feats = l2_normalise(_sample(rng, means, labels, noise))
+    cents = class_centroids(feats, labels, 12)
+    model = fit_ood(method, feats, labels, 12)
+    known = l2_normalise(_sample(rng, means, np.repeat(np.arange(12), 4), noise))
+    new = l2_normalise(_sample(rng, rng.normal(size=(2, DIM)), np.repeat([0, 1], 24), noise))
+    sk, su = model.score(known, known @ cents.T, 0.05), model.score(new, new @ cents.T, 0.05)
+    assert auroc(sk, su) > 0.9
+    rate, threshold = detection_at_keep(sk, su, 0.95)
+    assert rate > 0.7 and (sk <= threshold).mean() >= 0.95
+
+
+def test_auroc_known_answers() -> None:
+    assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert auroc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("prob", "thr", "ood", "ambiguous", "expected"),
+    [
+        (0.99, 0.9, 0.1, False, "accept"),
+        (0.99, 0.9, 0.9, False, "unknown"),  # strange beats confident
+        (0.85, 0.9, 0.1, False, "verify"),  # inside the verify band
+        (0.50, 0.9, 0.1, False, "unknown"),  # below the band
+        (0.99, 0.9, 0.1, True, "verify"),  # confident but the group is in doubt
+        (0.99, NEVER, 0.1, False, "verify"),  # a class that is never auto-accepted
+    ],
+)
+def test_routing_table(prob: float, thr: float, ood: float, ambiguous: bool, expected: str) -> None:
+    r, reasons = route(prob, thr, ood, 0.5, 0.15, ambiguous)
+    assert r == expected
+    assert (r == "accept") == (not reasons)
+
+
+@pytest.mark.parametrize("table_precision", ["fp32", "fp16", "int8"])
+def test_head_round_trip_and_hierarchical_search(table_precision: str) -> None:
+    rng, means, noise, per = _world(seed=7)
+    labels = np.repeat(np.arange(12), per)
+    head, _ = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), _fast(table_precision=table_precision))
+    arrays = np.load(__import__("io").BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
+    doc = __import__("json").loads(json_bytes(head.to_json()))
+    again = Head.from_parts(_skus(12), {k: arrays[k] for k in arrays.files}, doc)
+    x = _sample(rng, means, np.repeat(np.arange(12), 3), noise)
+    assert again.decide(x) == head.decide(x)
+    assert again.table.precision == table_precision
+    flat = [d.top_k[0][0] for d in again.decide(x)]
+    again.config = again.config.__class__(**{**again.config.__dict__, "search": "hierarchical", "top_groups": 2})
+    assert [d.top_k[0][0] for d in again.decide(x)] == flat
+
+
+def test_cluster_folds_hold_out_whole_clusters() -> None:
+    rng = np.random.default_rng(8)
+    # One class photographed in two sessions: the folds must not split a session.
+    a = rng.normal(size=DIM) + rng.normal(scale=0.01, size=(10, DIM))
+    b = rng.normal(size=DIM) + rng.normal(scale=0.01, size=(10, DIM))
+    fold = cluster_folds(np.concatenate([a, b]), np.zeros(20, int), 2, seed=0)
+    assert len(set(fold[:10])) == 1 and len(set(fold[10:])) == 1 and fold[0] != fold[10]

@@ -33,7 +33,7 @@ def _skus(n: int, groups: list[str] | None = None) -> list[SkuInfo]:
 
 
 def _fast(**kw) -> FitSettings:
-    return FitSettings(folds=3, shrinkages=(0.1, 0.3), ood_folds=3, ood_holdout=0.2, min_support=5, **kw)
+    return FitSettings(folds=3, shrinkages=(0.1, 0.3), ood_holdout=0.25, min_support=5, **kw)
 
 
 def test_lda_in_the_data_span_equals_the_full_problem() -> None:

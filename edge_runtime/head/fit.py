@@ -33,8 +33,7 @@ class FitSettings:
     table_precision: Precision = "fp32"
     folds: int = 4
     shrinkages: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5)
-    ood_folds: int = 6
-    ood_holdout: float = 0.1  # share of SKUs held out per fold as "new products"
+    ood_holdout: float = 0.1  # share of SKUs held out per fold as "new products"; every SKU is held out once
     unknown_share: float = 0.1  # assumed share of never-seen products in the stream, for the accept thresholds
     min_support: int = 10
     ood_memory_limit_bytes: int | None = None
@@ -269,16 +268,18 @@ def _simulate_new_products(
     classes = np.unique(labels)
     n_hold = max(1, round(len(classes) * s.ood_holdout))
     sizes = np.bincount(group_of_class[classes])
-    with_sibling = [c for c in classes if sizes[group_of_class[c]] > 1]
     det: dict[str, list[float]] = {m: [] for m in s.methods}
     auc: dict[str, list[float]] = {m: [] for m in s.methods}
     sib: dict[str, list[float]] = {m: [] for m in s.methods}
     pool: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {m: [] for m in s.methods}
-    for _ in range(s.ood_folds):
-        held = set(rng.choice(classes, size=n_hold, replace=False).tolist())
-        if with_sibling and not held & set(with_sibling):
-            held.pop()
-            held.add(int(rng.choice(with_sibling)))
+    # Every SKU is held out exactly once: each class's accept threshold then knows what happens when a
+    # look-alike of it is a new product. (A few random folds protect only the classes they happen to hit.)
+    order = rng.permutation(classes)
+    n_folds = max(2, int(np.ceil(len(classes) / n_hold)))
+    for f in range(n_folds):
+        held = set(order[f::n_folds].tolist())
+        if not held:
+            continue
         is_unknown = np.isin(labels, list(held))
         known_eval = ~is_unknown & (fold == 0)
         train = ~is_unknown & ~known_eval
@@ -308,7 +309,7 @@ def _simulate_new_products(
             "detection_std": round(float(np.std(det[m])), 4),
             "auroc": round(float(np.nanmean(auc[m])), 4),
             "detection_siblings": round(float(np.mean(sib[m])), 4) if sib[m] else None,
-            "folds": s.ood_folds,
+            "folds": n_folds,
             "held_out_per_fold": n_hold,
         }
         for m in s.methods

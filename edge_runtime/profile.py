@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterable
@@ -435,9 +436,14 @@ def _dedupe_dirs(dirs: Iterable[Path]) -> list[Path]:
     return out
 
 
+# Where a wheel install puts the shipped profiles (pyproject.toml's data-files).
+_INSTALLED_PROFILES_DIR = Path(sys.prefix) / "share" / "edge_runtime" / "device_profiles"
+
+
 def profile_search_dirs() -> list[Path]:
-    """$EDGE_PROFILES_DIR (os.pathsep-separated), ./device_profiles, <repo>/device_profiles; existing ones only."""
-    return _dedupe_dirs([*_env_dirs(), Path.cwd() / "device_profiles", _REPO_PROFILES_DIR])
+    """$EDGE_PROFILES_DIR (os.pathsep-separated), ./device_profiles, <repo>/device_profiles, then the copies a
+    wheel install ships under <prefix>/share; existing ones only."""
+    return _dedupe_dirs([*_env_dirs(), Path.cwd() / "device_profiles", _REPO_PROFILES_DIR, _INSTALLED_PROFILES_DIR])
 
 
 def list_profiles() -> list[str]:

@@ -178,6 +178,12 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
         "group_top1_oof": round(float((group_of_class[pred] == group_of_class[y_eval]).mean()), 4),
         "n_eval": int(evaluated.sum()),
     }
+    support = np.bincount(y_eval, minlength=n_classes)
+    hits = np.bincount(y_eval, weights=correct.astype(np.float64), minlength=n_classes)
+    report["per_class"] = {
+        "accuracy": [round(float(h / n), 4) if n else None for h, n in zip(hits, support, strict=True)],
+        "support": support.tolist(),
+    }
     report["calibration"] = {
         "temperature": round(temperature, 6),
         "ece_before": round(ece(probs_raw.max(1), probs_raw.argmax(1) == y_eval), 4),

@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/edge-build --profile dev-cpu --out $(DEMO_OUT)
+	$(PY) build_scripts/demo_run.py --bundle $(DEMO_OUT)/bundle
 
 test: setup
 	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts

@@ -133,7 +133,7 @@ def write_bundle(out_dir: Path, members: dict[str, bytes], manifest: dict[str, A
 
 def _write_tarball(bundle_dir: Path, tarball: Path) -> None:
     """Reproducible tarball: sorted members, fixed mtime and owner."""
-    tmp = tarball.with_suffix(".tmp")
+    tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")  # unique: two builds may share OUT
     with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
             info = tar.gettarinfo(str(path), arcname=f"{BUNDLE_DIR}/{path.relative_to(bundle_dir).as_posix()}")

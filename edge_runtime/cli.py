@@ -106,9 +106,115 @@ def _not_yet(prog: str) -> Callable[[list[str] | None], int]:
     return main
 
 
-run_main = _not_yet("edge-run")
+def run_main(argv: list[str] | None = None) -> int:
+    parser = _parser("edge-run", "Recognise SKUs on a camera with a bundle; publish over MQTT, export metrics.")
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle/ folder (or bundle.tar.gz) from edge-build")
+    parser.add_argument(
+        "--source", help="video file, image folder, rtsp://..., /dev/videoN, csi://N (default: the camera's source)"
+    )
+    parser.add_argument("--camera", help="camera name in the bundle's profile (default: the first)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="outbox location (default: $STATE_DIRECTORY or ~/.local/state/edge_runtime)"
+    )
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames read from the source")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (default: the profile's; 0 = off)")
+    parser.add_argument("--mqtt-host", help="broker host (default: the profile's)")
+    parser.add_argument("--mqtt-port", type=int, help="broker port (default: the profile's)")
+    parser.add_argument("--device-id", help="device id in MQTT topics (default: the profile's)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait at the end for the broker to acknowledge everything (default 10)",
+    )
+    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeat messages")
+    parser.add_argument("--every-frame", action="store_true", help="bypass the motion sampler: infer on every frame")
+    parser.add_argument(
+        "--realtime", action="store_true", help="play files at their frame rate (folders: the camera's), like a camera"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    if args.max_frames is not None and args.max_frames < 1:
+        print("edge-run: error: --max-frames must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.drain_timeout < 0 or args.heartbeat < 0:
+        print("edge-run: error: --drain-timeout and --heartbeat must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        from edge_runtime.run.pipeline import RunOptions, dumps_summary, run
+
+        summary = run(
+            RunOptions(
+                bundle=args.bundle,
+                source=args.source,
+                state_dir=args.state_dir,
+                max_frames=args.max_frames,
+                metrics_port=args.metrics_port,
+                mqtt_host=args.mqtt_host,
+                mqtt_port=args.mqtt_port,
+                device_id=args.device_id,
+                camera=args.camera,
+                drain_timeout_s=args.drain_timeout,
+                every_frame=args.every_frame,
+                realtime=args.realtime,
+                heartbeat_s=args.heartbeat,
+            )
+        )
+        print(dumps_summary(summary) if args.json else summary.text(), flush=True)
+        return 0
+
+    return _guarded("edge-run", body)
+
+
 bench_main = _not_yet("edge-bench")
-check_main = _not_yet("edge-check")
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    parser = _parser("edge-check", "Run the readiness checklist on a catalogue without building a bundle.")
+    parser.add_argument("--catalogue", type=Path, required=True, help="SKU folder tree or CSV")
+    parser.add_argument(
+        "--model", type=Path, help="backbone ONNX with an embedding output (default: EfficientNet-Lite0)"
+    )
+    parser.add_argument("--profile", default="dev-cpu", help="profile name in device_profiles/ or a path to a .toml")
+    parser.add_argument("--history", type=Path, help="catalogue change history CSV: date,sku,change")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out") / "readiness", help="folder for readiness.json, .md and plots"
+    )
+    parser.add_argument("--cache-dir", type=Path, help="where the default backbone is cached")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the readiness JSON instead of the summary")
+    parser.add_argument("--strict", action="store_true", help="exit 5 when any check fails (default: report only)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    _configure_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        import json
+
+        from edge_runtime.build.check import run_check
+        from edge_runtime.build.report import summary_text
+        from edge_runtime.errors import EXIT_READINESS
+
+        report = run_check(
+            args.catalogue, args.model, args.profile, args.history, args.out, args.seed, cache_dir=args.cache_dir
+        )
+        if args.json:
+            print(json.dumps(report.to_json(), sort_keys=False, allow_nan=False))
+        else:
+            print(summary_text(report, [args.out / "readiness.md"]))
+        if report.failed and args.strict:
+            print(f"edge-check: failed: {', '.join(c.name for c in report.failed)}", file=sys.stderr)
+            return EXIT_READINESS
+        return 0
+
+    return _guarded("edge-check", body)
 
 
 def _entry(main: Callable[[list[str] | None], int]) -> Callable[[], None]:

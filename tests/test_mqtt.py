@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.errors import EXIT_USAGE, UsageError
+from edge_runtime.errors import EXIT_AUTH, UsageError
 from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES, MqttAuthError, MqttPublisher, read_credentials
 from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
 from tests import broker
@@ -305,7 +305,7 @@ def test_refused_credentials_are_fatal_not_retried(
     assert "wrong" not in publisher.fatal_error
     with pytest.raises(MqttAuthError) as info:
         publisher.raise_if_fatal()
-    assert info.value.exit_code == EXIT_USAGE
+    assert info.value.exit_code == EXIT_AUTH
     time.sleep(0.6)  # several reconnect delays: a retrying client would have knocked again by now
     assert broker.log_tail(200).count("not authorised") == 1, broker.log_tail()
 

@@ -98,7 +98,11 @@ class RunMetrics:
             "edge_feedback_rejected", "Feedback messages not counted, by reason.", ["reason"], registry=r
         )
         self.stage_seconds = Histogram(
-            "edge_stage_seconds", "Time per frame in each pipeline stage.", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
+            "edge_stage_seconds",
+            "Time per frame in each pipeline stage.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.frame_latency = Histogram(
             "edge_frame_latency_seconds",
@@ -120,7 +124,9 @@ class RunMetrics:
             "edge_messages", "Messages stored in the outbox for publishing, by topic.", ["topic"], registry=r
         )
         self.messages_acked = Counter("edge_messages_acked", "Messages the broker acknowledged (QoS 1).", registry=r)
-        self.outbox_depth = Gauge("edge_outbox_depth", "Messages waiting in the outbox (in flight included).", registry=r)
+        self.outbox_depth = Gauge(
+            "edge_outbox_depth", "Messages waiting in the outbox (in flight included).", registry=r
+        )
         self.outbox_bytes = Gauge("edge_outbox_bytes", "Bytes waiting in the outbox.", registry=r)
         self.outbox_dropped = Counter(
             "edge_outbox_dropped", "Messages the outbox dropped, by reason and kind.", ["reason", "kind"], registry=r
@@ -131,7 +137,9 @@ class RunMetrics:
         self.headroom = Gauge(
             "edge_memory_headroom_ratio", "1 - RSS / budget; the profile requires at least min_headroom.", registry=r
         )
-        self.backend = Info("edge_backend", "The inference backend actually running and the bundle it runs.", registry=r)
+        self.backend = Info(
+            "edge_backend", "The inference backend actually running and the bundle it runs.", registry=r
+        )
         self.up_since = Gauge("edge_start_time_seconds", "Unix time the pipeline started.", registry=r)
 
         for sku in self.skus:

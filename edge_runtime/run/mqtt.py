@@ -42,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_runtime.errors import EXIT_USAGE, EdgeError, UsageError
+from edge_runtime.errors import AuthError, UsageError
 from edge_runtime.run.outbox import DROP_REJECTED, Outbox
 from edge_runtime.types import MessageKind, OutMessage
 
@@ -92,10 +92,8 @@ _CONNECT_FAIL_LOG_INTERVAL_S: Final = 60.0
 _FEEDBACK_DEDUPE: Final = 4096  # recent feedback keys remembered to drop redeliveries
 
 
-class MqttAuthError(EdgeError):
+class MqttAuthError(AuthError):
     """The broker refused this client's credentials or identity: a startup error, not worth a restart loop."""
-
-    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

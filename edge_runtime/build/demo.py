@@ -1747,8 +1747,9 @@ def _video_frames(seed: int, n: int, fps: int, size: tuple[int, int]) -> Iterato
             continue
         sku = unknown[int(rng.integers(len(unknown)))] if r < 0.35 else known[int(rng.integers(len(known)))]
         length = max(2, int(rng.uniform(1.5, 3.0) * fps))
-        # Start and end centres: enter from one side and leave on the other, or be held still near the middle.
-        if rng.random() < 0.7:
+        # Start and end centres: enter from one side and leave on the other, or (most often, as a shopper
+        # does in front of a cart camera) be held still near the middle.
+        if rng.random() < 0.3:
             y0, y1 = rng.uniform(0.35, 0.65, 2) * h
             xs = (-0.25 * w, 1.25 * w) if rng.random() < 0.5 else (1.25 * w, -0.25 * w)
             start, end = np.array([xs[0], y0]), np.array([xs[1], y1])

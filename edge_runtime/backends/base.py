@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,15 +24,38 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-Factory = Callable[[Path, int, str], Backend]
+DEFAULT_MAX_BATCH = 16  # regions.max_regions' default: the largest batch a GPU engine is built for
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a factory needs besides the model. The GPU fields are ignored by the CPU backend."""
+
+    threads: int = 0
+    embedding_output: str = "embedding"
+    precision: str | None = None  # the bundle model's precision (fp32, fp16, int8); None = unknown
+    budget_mib: float | None = None  # device.memory_budget_mib: GPU workspace and arena limits derive from it
+    state_dir: Path | None = None  # engine caches live under it; None = no ORT engine cache, default dir for TRT
+    max_batch: int = DEFAULT_MAX_BATCH
+    allow_fallback: bool = False  # accept onnxruntime running fewer providers than planned (logged)
+
+
+Factory = Callable[[Path, BackendOptions], Backend]
 Probe = Callable[[], str | None]  # None when usable here, else the reason it is not
 
 
 def _ort_factory(provider: str) -> Factory:
-    def make(model: Path, threads: int, embedding_output: str) -> Backend:
-        from edge_runtime.backends.onnxruntime import OrtBackend
+    def make(model: Path, opts: BackendOptions) -> Backend:
+        from edge_runtime.backends.onnxruntime import OrtBackend, provider_plan
 
-        return OrtBackend(model, threads=threads, embedding_output=embedding_output, provider=provider)
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir)
+        return OrtBackend(
+            model,
+            threads=opts.threads,
+            embedding_output=opts.embedding_output,
+            plan=plan,
+            allow_fallback=opts.allow_fallback,
+        )
 
     return make
 
@@ -46,11 +70,22 @@ def _ort_probe(provider: str) -> Probe:
 
 
 def _tensorrt_probe() -> str | None:
-    return "the native TensorRT backend is not part of this build of edge_runtime yet"
+    from edge_runtime.backends.tensorrt import tensorrt_probe
+
+    return tensorrt_probe()
 
 
-def _tensorrt_factory(model: Path, threads: int, embedding_output: str) -> Backend:
-    raise UsageError(f"backend 'tensorrt' is not available: {_tensorrt_probe()}")
+def _tensorrt_factory(model: Path, opts: BackendOptions) -> Backend:
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend(
+        model,
+        state_dir=opts.state_dir,
+        precision=opts.precision,
+        budget_mib=opts.budget_mib,
+        max_batch=opts.max_batch,
+        embedding_output=opts.embedding_output,
+    )
 
 
 # Profile name -> (factory, probe). Order does not matter: the profile's `prefer` list decides.
@@ -60,6 +95,9 @@ REGISTRY: dict[str, tuple[Factory, Probe]] = {
     "onnxruntime-tensorrt": (_ort_factory("tensorrt"), _ort_probe("tensorrt")),
     "tensorrt": (_tensorrt_factory, _tensorrt_probe),
 }
+
+LAST_RESORT = "onnxruntime-cpu"
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -83,8 +121,88 @@ def first_available(prefer: Sequence[str]) -> tuple[str | None, dict[str, str]]:
     return None, skipped
 
 
-def create_backend(name: str, model: Path, *, threads: int = 0, embedding_output: str = "embedding") -> Backend:
+def incompatible_reason(name: str, bundle_precision: str, int8_scheme: str | None = None) -> str | None:
+    """Why a bundle's model cannot run on a backend even where the backend exists; None when it can.
+
+    TensorRT takes only symmetric signed INT8 (s8s8); a model quantised with uint8 activations (u8s8, the
+    scheme for CPU targets) is refused by its ONNX parser.
+    """
+    if bundle_precision == "int8" and int8_scheme == "u8s8" and "tensorrt" in name:
+        return (
+            "the bundle's int8 model has asymmetric uint8 activations (u8s8), which TensorRT refuses; "
+            "build the bundle for a profile that prefers a TensorRT backend (s8s8)"
+        )
+    return None
+
+
+def select_backend(
+    prefer: Sequence[str],
+    bundle_precision: str | None,
+    allow_fallback: bool,
+    *,
+    int8_scheme: str | None = None,
+) -> tuple[str, list[str]]:
+    """The backend to run a bundle with, and one log line for each preferred backend that was passed over.
+
+    Without ``allow_fallback`` only the first preferred backend may run: UsageError when it is not available
+    here or cannot run the bundle's model. With it, the first usable one in ``prefer`` wins, and when none is,
+    ``onnxruntime-cpu`` (always installed) runs as the last resort, said so in the log lines.
+    """
+    precision = bundle_precision or "fp32"
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown bundle precision {bundle_precision!r}", hint=f"one of {', '.join(PRECISIONS)}")
+    if not prefer:
+        raise UsageError("the profile's backend.prefer list is empty", hint="list at least one backend")
+    lines: list[str] = []
+    reasons: dict[str, str] = {}
+    candidates = list(dict.fromkeys(prefer))
+    if allow_fallback and LAST_RESORT not in candidates:
+        candidates.append(LAST_RESORT)
+    for name in candidates if allow_fallback else candidates[:1]:
+        reason = incompatible_reason(name, precision, int8_scheme) or unavailable_reason(name)
+        if reason is None:
+            if name not in prefer:
+                lines.append(f"no preferred backend is usable here; falling back to {name} (always installed)")
+            return name, lines
+        reasons[name] = reason
+        lines.append(f"backend {name} skipped: {reason}")
+    detail = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+    if not allow_fallback:
+        raise UsageError(
+            f"backend {prefer[0]} cannot run here ({detail}) and backend.allow_fallback is false",
+            hint="install what the backend needs (see the reason), or set backend.allow_fallback = true",
+        )
+    raise UsageError(f"no usable inference backend ({detail})", hint="install onnxruntime")
+
+
+def create_backend(
+    name: str,
+    model: Path,
+    *,
+    threads: int = 0,
+    embedding_output: str = "embedding",
+    precision: str | None = None,
+    budget_mib: float | None = None,
+    state_dir: Path | None = None,
+    max_batch: int | None = None,
+    allow_fallback: bool = False,
+) -> Backend:
+    """Open ``model`` on backend ``name``; UsageError when the backend is not available here.
+
+    ``precision``, ``budget_mib`` and ``state_dir`` configure the GPU backends (precision flags, workspace and
+    arena limits from the memory budget, engine caches); ``max_batch`` is the largest batch a TensorRT engine
+    is built for. The CPU backend ignores them.
+    """
     reason = unavailable_reason(name)
     if reason is not None:
         raise UsageError(f"backend {name!r} is not available here: {reason}")
-    return REGISTRY[name][0](model, threads, embedding_output)
+    opts = BackendOptions(
+        threads=threads,
+        embedding_output=embedding_output,
+        precision=precision,
+        budget_mib=budget_mib,
+        state_dir=Path(state_dir) if state_dir is not None else None,
+        max_batch=max_batch or DEFAULT_MAX_BATCH,
+        allow_fallback=allow_fallback,
+    )
+    return REGISTRY[name][0](model, opts)

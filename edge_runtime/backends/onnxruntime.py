@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
 
 import numpy as np
 import onnxruntime as ort
@@ -64,9 +63,11 @@ GPU_INSTALL_HINT = (
     "on a Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack release (Jetson Zoo / Jetson AI Lab index), "
     "then never `pip install onnxruntime` over it (install edge_runtime with --no-deps)"
 )
-TRT_EP_HINT = "the TensorRT EP also needs TensorRT's libraries (libnvinfer) of the version this onnxruntime was built for"
+TRT_EP_HINT = (
+    "the TensorRT EP also needs TensorRT's libraries (libnvinfer) of the version this onnxruntime was built for"
+)
 
-OptionValue = Union[str, int, bool]
+OptionValue = str | int | bool
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class ProviderPlan:
 
     def for_ort(self) -> list[tuple[str, dict[str, OptionValue]]]:
         """The ``providers=`` argument of ``ort.InferenceSession``."""
-        return [(p, dict(o)) for p, o in zip(self.providers, self.options)]
+        return [(p, dict(o)) for p, o in zip(self.providers, self.options, strict=True)]
 
     def without(self, provider: str) -> ProviderPlan:
         """The same plan minus one provider (used when falling back past a missing one)."""

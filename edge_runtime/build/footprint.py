@@ -113,8 +113,15 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
     from edge_runtime.backends import create_backend
+    from edge_runtime.backends.gpumem import footprint_gpu_mib, gpu_memory_used_mib, unified_memory_used_mib
 
     baseline = psutil.Process().memory_info().rss
+    # GPU memory is added to the peak RSS, never already in it: VRAM on a discrete GPU, and on a Jetson the
+    # nvmap buffers the GPU allocates from the shared DRAM (accounted by nvmap, not in the process's RSS).
+    # Per-process figures (NVML, nvmap debugfs) win; else the Jetson's system-wide nvmap growth across this
+    # fresh process's run. Read once the runs are done: the steady state, not an engine build's transient peak.
+    gpu_wanted = args.backend != "onnxruntime-cpu"
+    unified_before = unified_memory_used_mib() if gpu_wanted else None
     sampler = _PeakSampler()
     sampler.start()
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
@@ -131,6 +138,9 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         backend.embed(x)
         times.append((time.perf_counter() - t0) * 1000.0)
     peak = max(sampler.stop(), _max_rss_bytes())
+    gpu_mib = 0.0
+    if gpu_wanted and backend.name != "onnxruntime-cpu":  # a fallback to the CPU holds no GPU memory
+        gpu_mib = footprint_gpu_mib(gpu_memory_used_mib(), unified_before, unified_memory_used_mib())
     del frames
     times.sort()
     return {
@@ -139,7 +149,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         "batch": args.batch,
         "baseline_rss_mib": baseline / MIB,
         "peak_rss_mib": peak / MIB,
-        "gpu_mib": 0.0,
+        "gpu_mib": gpu_mib,
         "latency_ms_p50": float(np.percentile(times, 50)),
         "latency_ms_p95": float(np.percentile(times, 95)),
         "runs": args.runs,

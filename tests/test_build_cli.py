@@ -13,7 +13,7 @@ from edge_runtime.build.catalogue import decode_catalogue, load_catalogue
 from edge_runtime.build.demo import generate_demo_catalogue
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main
-from edge_runtime.errors import EXIT_INPUT, EXIT_NOTHING_FITS, EXIT_USAGE, CatalogueError
+from edge_runtime.errors import EXIT_INPUT, EXIT_NOTHING_FITS, EXIT_READINESS, EXIT_USAGE, CatalogueError
 from edge_runtime.head.prototypes import PrototypeTable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,3 +190,31 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path: Path, small_catalogue: 
         fh.write(f"image,sku\n{tmp_path / 'empty.jpg'},ghost\n{small_catalogue / rows[0]['image']},real\n")
     with pytest.raises(CatalogueError, match="ghost"):
         decode_catalogue(load_catalogue(tmp_path / "only-bad.csv"), [64])
+
+
+def test_readiness_report_in_the_bundle_and_strict_refuses(
+    tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profile = _profile(tmp_path, extra="[readiness]\nood_detection_min = 0.999\n")  # unreachable: the check fails
+    args = [
+        "--profile",
+        str(profile),
+        "--catalogue",
+        str(small_catalogue),
+        "--model",
+        str(tiny_model_path),
+        "--runs",
+        "3",
+        "-q",
+    ]
+    assert build_main([*args, "--out", str(tmp_path / "lenient")]) == 0
+    bundle = load_bundle(tmp_path / "lenient" / "bundle")
+    report = bundle.read_json("report/readiness.json")
+    assert report["schema"] == "edge.readiness/1" and len(report["checks"]) == 7
+    assert bundle.manifest["readiness"]["overall"] == "fail"
+    assert "ood_detection" in bundle.manifest["readiness"]["failed"]
+    assert any(name.endswith(".png") for name in bundle.manifest["files"])
+    capsys.readouterr()
+    assert build_main([*args, "--out", str(tmp_path / "strict"), "--strict"]) == EXIT_READINESS
+    assert "readiness checklist failed" in capsys.readouterr().err
+    assert not (tmp_path / "strict" / "bundle").exists()

@@ -22,6 +22,7 @@ from edge_runtime.build import catalogue as cat
 from edge_runtime.build.choose import choose, format_table, violations
 from edge_runtime.build.footprint import MIB, measure_in_subprocess
 from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
+from edge_runtime.build.readiness import ReadinessReport, run_readiness, write_report
 from edge_runtime.bundle import (
     HEAD,
     LABELS,
@@ -30,17 +31,19 @@ from edge_runtime.bundle import (
     PROTOTYPES,
     Bundle,
     json_bytes,
+    load_bundle,
     npz_bytes,
     sha256_bytes,
     sha256_file,
     write_bundle,
 )
-from edge_runtime.errors import BudgetError, UsageError
+from edge_runtime.errors import BudgetError, ReadinessError, UsageError
 from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
+from edge_runtime.head.model import Head
 from edge_runtime.head.projection import Projection, fit_lda
 from edge_runtime.head.prototypes import PrototypeTable, class_centroids, l2_normalise, nearest
 from edge_runtime.profile import DeviceProfile, load_profile
-from edge_runtime.types import Accuracy, Candidate, Footprint, ModelVariant, VariantSpec
+from edge_runtime.types import Accuracy, Candidate, Footprint, ModelVariant, SkuInfo, VariantSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ class BuildOptions:
     cache_dir: Path = field(default_factory=default_cache_dir)
     seed: int = 0
     runs: int = 30
+    signing_key: Path | None = None  # Ed25519 private key (PEM): the bundle gets signature.ed25519
+    history: Path | None = None  # catalogue change history CSV for the readiness checklist
+    previous_bundle: Path | None = None  # its manifest gives the change rate when there is no history
+    strict: bool = False  # refuse to write a bundle whose readiness checklist fails
 
 
 @dataclass
@@ -277,6 +284,9 @@ def run_build(opts: BuildOptions) -> BuildResult:
             f"the fitted head brings {chosen.spec.name} to {footprint.total_mib:.1f} MiB, over {limit_mib:.1f} MiB",
             hint="raise device.memory_budget_mib or allow int8 tables",
         )
+    readiness = _readiness(
+        opts, profile, full_feats[chosen.spec.model], labels, list(skus), head, head_report, footprint, budget
+    )
     model_bytes = variant_files[chosen.spec.model].read_bytes()
     labels_doc = [{"index": i, "sku": s.code, "name": s.name, "group": s.group} for i, s in enumerate(skus)]
     profile_doc = profile.model_dump(mode="json")
@@ -328,10 +338,12 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "source": Path(catalogue_path).name,
             "skus": len(skus),
             "images": len(labels),
+            "sku_codes": [s.code for s in skus],
             "skipped": [[p.name, why] for p, why in decoded.catalogue.skipped],
         },
         "decision_table": [c.as_row() for c in candidates],
         "head": head_report,
+        "readiness": {"overall": readiness.overall, "failed": [c.id for c in readiness.failed]},
         "tool_versions": _tool_versions(),
     }
     report = _report(profile, manifest, table_text)
@@ -343,7 +355,8 @@ def run_build(opts: BuildOptions) -> BuildResult:
         PROFILE: json_bytes(profile_doc),
         "report/build_report.md": report.encode("utf-8"),
     }
-    bundle = write_bundle(opts.out, members, manifest)
+    members.update(_readiness_members(readiness, work / "readiness"))
+    bundle = write_bundle(opts.out, members, manifest, signing_key=opts.signing_key)
     shutil.rmtree(work, ignore_errors=True)
     log.info("bundle written to %s in %.1f s", bundle.root, time.perf_counter() - t_start)
     return BuildResult(bundle=bundle, chosen=chosen, candidates=candidates, profile=profile, footprint=footprint)
@@ -419,6 +432,53 @@ def _candidates_for(
             )
         )
     return out
+
+
+def _readiness(
+    opts: BuildOptions,
+    profile: DeviceProfile,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    skus: list[SkuInfo],
+    head: Head,
+    head_report: dict[str, Any],
+    footprint: Footprint,
+    budget: float,
+) -> ReadinessReport:
+    """The seven-check readiness checklist; under --strict a failing one stops the build before any bundle."""
+    previous = None
+    if opts.previous_bundle is not None:
+        previous = load_bundle(opts.previous_bundle).manifest
+    log.info("running the readiness checklist")
+    report = run_readiness(
+        embeddings=feats,
+        labels=labels,
+        skus=skus,
+        head=head,
+        head_report=head_report,
+        footprint_mib=footprint.total_mib,
+        budget_mib=budget,
+        profile=profile,
+        history=opts.history,
+        previous_manifest=previous,
+        seed=opts.seed,
+    )
+    for check in report.checks:
+        log.info("  readiness %s %-28s %s", check.status.upper(), check.name, check.detail[:100])
+    if report.failed and opts.strict:
+        names = ", ".join(c.name for c in report.failed)
+        raise ReadinessError(
+            f"readiness checklist failed ({names}); no bundle written",
+            hint="see the checks above, or run edge-check --out DIR for the full report; without --strict the "
+            "bundle is written and the failures are recorded in it",
+        )
+    return report
+
+
+def _readiness_members(report: ReadinessReport, out_dir: Path) -> dict[str, bytes]:
+    """readiness.json, readiness.md and the plots, as bundle members under report/."""
+    written = write_report(report, out_dir)
+    return {f"report/{p.relative_to(out_dir).as_posix()}": p.read_bytes() for p in written if p.is_file()}
 
 
 def _tool_versions() -> dict[str, str]:

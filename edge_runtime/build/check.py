@@ -1,0 +1,137 @@
+"""edge-check: the readiness checklist on a catalogue without building a bundle.
+
+Embeds the catalogue the way edge-build does (same backbone resolution, same decoding, the fp32 model at the
+profile's first input size), fits the same head, measures the fp32 model's footprint in a fresh process, then
+runs the checklist. The fp32 footprint is an upper bound for the variant a build would choose (int8 and fp16
+variants are smaller), so a headroom that passes here passes in the build.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from edge_runtime.build import catalogue as cat
+from edge_runtime.build.footprint import MIB, measure_in_subprocess
+from edge_runtime.build.pipeline import (
+    FRAME_QUEUE_DEPTH,
+    BuildOptions,
+    _embed,
+    default_cache_dir,
+    measurement_backend,
+    resolve_backbone,
+)
+from edge_runtime.build.quantize import load_model, make_variant
+from edge_runtime.build.readiness import ReadinessReport, read_history, run_readiness, write_report
+from edge_runtime.errors import UsageError
+from edge_runtime.head.fit import FitSettings, fit_head
+from edge_runtime.profile import load_profile
+
+log = logging.getLogger(__name__)
+
+
+def run_check(
+    catalogue: Path,
+    model: Path | None,
+    profile: str,
+    history: Path | None,
+    out: Path,
+    seed: int = 0,
+    *,
+    cache_dir: Path | None = None,
+    runs: int = 10,
+    plots: bool = True,
+) -> ReadinessReport:
+    """Run the readiness checklist on ``catalogue`` and write the report (json, md, png) to ``out``."""
+    prof = load_profile(profile)
+    b = prof.backend
+    if history is not None:
+        read_history(history)  # a bad history fails now, not after minutes of embedding
+    opts = BuildOptions(profile=profile, out=out, catalogue=catalogue, model=model, seed=seed)
+    opts.cache_dir = cache_dir or default_cache_dir()
+    backbone_path = resolve_backbone(opts)
+    backbone = load_model(backbone_path)
+    outputs = [o.name for o in backbone.graph.output]
+    if b.embedding_output not in outputs:
+        raise UsageError(
+            f"{backbone_path}: no output named {b.embedding_output!r} (outputs: {', '.join(outputs)})",
+            hint="set backend.embedding_output in the profile",
+        )
+    size = b.input_sizes[0]
+
+    loaded = cat.load_catalogue(catalogue)
+    log.info("catalogue %s: %d SKUs, %d images", catalogue, len(loaded.skus), len(loaded.items))
+    decoded = cat.decode_catalogue(loaded, [size], progress=True)
+    skus = list(decoded.catalogue.skus)
+    labels = decoded.labels
+
+    backend_here, host_estimate, why = measurement_backend(prof)
+    camera = prof.cameras[0]
+    frame_bytes = FRAME_QUEUE_DEPTH * camera.width * camera.height * 3
+    work = Path(tempfile.mkdtemp(prefix="edge-check-"))
+    try:
+        model_path = work / f"model-fp32-{size}.onnx"
+        onnx.save(make_variant(backbone, "fp32", size), str(model_path))
+        log.info("embedding %d images with the fp32 model at %d px", len(labels), size)
+        embeddings = _embed(model_path, decoded, size, b.threads, b.embedding_output)
+        log.info("measuring the fp32 model's footprint in a fresh process")
+        m = measure_in_subprocess(
+            model_path,
+            backend=backend_here,
+            threads=b.threads,
+            frame_bytes=frame_bytes,
+            runs=runs,
+            embedding_output=b.embedding_output,
+        )
+        model_file_mib = model_path.stat().st_size / MIB
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if host_estimate:
+        log.warning("footprint is a host estimate (%s)", why)
+
+    budget = float(prof.device.memory_budget_mib)
+    limit_mib = budget * (1.0 - prof.device.min_headroom)
+    r = prof.routing
+    settings = FitSettings(
+        accept_precision=r.accept_precision,
+        ood_keep=r.ood_keep,
+        verify_band=r.verify_band,
+        table_precision="fp32",
+        ood_memory_limit_bytes=int(max(0.0, limit_mib - m.peak_rss_mib - m.gpu_mib) * MIB),
+        seed=seed,
+    )
+    log.info("fitting the recognition head")
+    head, head_report = fit_head(embeddings, labels, skus, settings)
+    head_mib = head.nbytes / MIB
+    footprint = m.peak_rss_mib + m.gpu_mib + head_mib
+    frames_mib = frame_bytes / MIB
+    # Parts for the footprint plot: the measured peak split into what it is made of (weights ~ the model file).
+    session = max(0.0, m.peak_rss_mib - m.baseline_rss_mib - frames_mib - model_file_mib)
+    parts = {
+        "runtime (interpreter, libraries)": m.baseline_rss_mib,
+        "frame queue": frames_mib,
+        "weights": model_file_mib,
+        "activations and session": session,
+        "embedding tables (head)": head_mib,
+    }
+    if m.gpu_mib:
+        parts["gpu"] = m.gpu_mib
+    report = run_readiness(
+        embeddings=embeddings,
+        labels=labels,
+        skus=skus,
+        head=head,
+        head_report=head_report,
+        footprint_mib=footprint,
+        budget_mib=budget,
+        profile=prof,
+        history=history,
+        seed=seed,
+        footprint_parts=parts,
+    )
+    write_report(report, out, plots=plots)
+    return report

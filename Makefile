@@ -33,14 +33,17 @@ lint: setup
 	$(VENV)/bin/ruff format --check edge_runtime tests benchmarks build_scripts
 
 bench: setup
-	$(PY) benchmarks/variants.py
+	$(PY) benchmarks/run_all.py
 
-# System packages: mosquitto is the real broker the integration tests start on a loopback port.
-SYS_PACKAGES := mosquitto
+# System packages the tests use for real: mosquitto (broker and mosquitto_passwd), openssl (a test CA for
+# MQTT over TLS), systemd (systemd-analyze verify for the units). Only what is missing is installed.
+SYS_TOOLS := mosquitto:mosquitto mosquitto_passwd:mosquitto openssl:openssl systemd-analyze:systemd
 sysdeps:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then echo "sysdeps: mosquitto present"; \
-	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYS_PACKAGES); fi
+	@missing=""; for pair in $(SYS_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$pkg"; done; \
+	if [ -z "$$missing" ]; then echo "sysdeps: all present"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "sysdeps: installing$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; fi
 
 clean:
 	rm -rf out .cache .pytest_cache

@@ -5,6 +5,12 @@ the sha256 of every other file. The runtime verifies every hash and the
 schema version before it loads anything, so a flipped byte, a swapped model
 or a stray file is refused with a message naming the file. Nothing in a
 bundle is ever pickled.
+
+Signatures (optional): ``signature.ed25519`` holds the 64-byte Ed25519 signature of the exact bytes of
+``manifest.json``. The manifest pins the sha256 of every other file, so one signature covers the whole
+bundle. The signature file is listed nowhere (it cannot be inside what it signs); it is the one file the
+verifier accepts besides the manifest's list. ``load_bundle(..., public_key=...)`` checks it before it parses
+anything else; without ``public_key`` an existing signature is ignored.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_runtime.errors import BundleError
+from edge_runtime.errors import BundleError, UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SCHEMA = "edge.bundle/1"
 SCHEMA_VERSION = 1
@@ -36,6 +45,7 @@ PROTOTYPES = "prototypes.npz"
 LABELS = "labels.json"
 HEAD = "head.json"
 PROFILE = "profile.json"
+SIGNATURE = "signature.ed25519"  # outside the manifest: signs its bytes
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -71,6 +81,8 @@ class Bundle:
     root: Path
     manifest: dict[str, Any]
     bundle_id: str
+    signed: bool = False  # a signature file is present
+    signature_verified: bool = False  # and it verified against the public key load_bundle was given
 
     def path(self, name: str) -> Path:
         if name not in self.manifest["files"]:
@@ -95,14 +107,22 @@ class Bundle:
             raise BundleError(f"{self.root / name}: unreadable array file ({exc})") from None
 
 
-def write_bundle(out_dir: Path, members: dict[str, bytes], manifest: dict[str, Any]) -> Bundle:
+def write_bundle(
+    out_dir: Path,
+    members: dict[str, bytes],
+    manifest: dict[str, Any],
+    *,
+    signing_key: Path | Ed25519PrivateKey | None = None,
+) -> Bundle:
     """Write ``OUT/bundle/`` and ``OUT/bundle.tar.gz`` atomically and return the verified result.
 
     ``manifest`` gets ``schema``, ``schema_version`` and ``files`` filled in here,
-    so a caller cannot forget a hash.
+    so a caller cannot forget a hash. With ``signing_key`` (an Ed25519 private key or its PEM file) the
+    bundle also gets ``signature.ed25519`` over the manifest bytes.
     """
-    if MANIFEST in members:
-        raise BundleError("the manifest is written by write_bundle, not passed as a member")
+    if MANIFEST in members or SIGNATURE in members:
+        raise BundleError(f"{MANIFEST} and {SIGNATURE} are written by write_bundle, not passed as members")
+    private_key = load_signing_key(signing_key) if isinstance(signing_key, (str, Path)) else signing_key
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = dict(manifest)
     manifest["schema"] = SCHEMA
@@ -115,7 +135,10 @@ def write_bundle(out_dir: Path, members: dict[str, bytes], manifest: dict[str, A
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        (staging / MANIFEST).write_bytes(json_bytes(manifest))
+        manifest_bytes = json_bytes(manifest)
+        (staging / MANIFEST).write_bytes(manifest_bytes)
+        if private_key is not None:
+            (staging / SIGNATURE).write_bytes(private_key.sign(manifest_bytes))
         final = out_dir / BUNDLE_DIR
         if final.exists():
             old = out_dir / f".bundle-old-{os.getpid()}"
@@ -128,7 +151,7 @@ def write_bundle(out_dir: Path, members: dict[str, bytes], manifest: dict[str, A
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _write_tarball(final, out_dir / TARBALL)
-    return load_bundle(final)
+    return load_bundle(final, public_key=private_key.public_key() if private_key is not None else None)
 
 
 def _write_tarball(bundle_dir: Path, tarball: Path) -> None:
@@ -168,15 +191,17 @@ def extract_tarball(tarball: Path, dest: Path) -> Path:
     return dest / BUNDLE_DIR
 
 
-def verify_bundle(root: Path) -> dict[str, Any]:
-    """Check schema, every listed hash and the absence of unlisted files; return the manifest."""
+def verify_bundle(root: Path, manifest_bytes: bytes | None = None) -> dict[str, Any]:
+    """Check schema, every listed hash and the absence of unlisted files; return the manifest.
+
+    ``manifest_bytes``: the manifest as already read (and signature-checked) by the caller, so the bytes
+    verified are the bytes used.
+    """
     manifest_path = root / MANIFEST
-    if not root.is_dir():
-        raise BundleError(f"{root}: bundle directory not found", hint="pass the bundle/ folder that edge-build wrote")
-    if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path}: missing", hint="pass the bundle/ folder that edge-build wrote")
+    if manifest_bytes is None:
+        manifest_bytes = _read_manifest_bytes(root)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: corrupt manifest ({exc})", hint="rebuild the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
@@ -194,6 +219,8 @@ def verify_bundle(root: Path) -> dict[str, Any]:
         member = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"{manifest_path}: unsafe file name {name!r}")
+        if name in (MANIFEST, SIGNATURE):
+            raise BundleError(f"{manifest_path}: lists {name}, which cannot be inside the manifest")
         if not member.is_file():
             raise BundleError(f"{member}: listed in the manifest but missing", hint="copy the whole bundle again")
         actual = sha256_file(member)
@@ -202,7 +229,7 @@ def verify_bundle(root: Path) -> dict[str, Any]:
                 f"{member}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...)",
                 hint="the bundle was altered or damaged in transit; copy it again or rebuild it",
             )
-    listed = set(files) | {MANIFEST}
+    listed = set(files) | {MANIFEST, SIGNATURE}
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and rel not in listed:
@@ -210,12 +237,134 @@ def verify_bundle(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(path: Path, extract_to: Path | None = None) -> Bundle:
-    """Verify and open a bundle directory, or a bundle tarball (extracted to ``extract_to``)."""
+def _read_manifest_bytes(root: Path) -> bytes:
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle directory not found", hint="pass the bundle/ folder that edge-build wrote")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing", hint="pass the bundle/ folder that edge-build wrote")
+    try:
+        return manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: unreadable ({exc.strerror or exc})") from None
+
+
+def load_bundle(
+    path: Path,
+    extract_to: Path | None = None,
+    *,
+    public_key: Path | Ed25519PublicKey | None = None,
+) -> Bundle:
+    """Verify and open a bundle directory, or a bundle tarball (extracted to ``extract_to``).
+
+    With ``public_key`` (an Ed25519 public key or its PEM file) the bundle must carry a signature made with
+    the matching private key; it is checked on the raw manifest bytes before anything is parsed.
+    """
+    key: Ed25519PublicKey | None = None
+    if public_key is not None:  # the device's own configuration: checked before the bundle is even looked at
+        key = load_public_key(public_key) if isinstance(public_key, (str, Path)) else public_key
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         dest = extract_to or Path(tempfile.mkdtemp(prefix="edge-bundle-"))
         path = extract_tarball(path, dest)
-    manifest = verify_bundle(path)
-    bundle_id = "sha256:" + sha256_file(path / MANIFEST)
-    return Bundle(root=path, manifest=manifest, bundle_id=bundle_id)
+    manifest_bytes = _read_manifest_bytes(path)
+    signed = (path / SIGNATURE).is_file()
+    if key is not None:
+        name = str(public_key) if isinstance(public_key, (str, Path)) else ""
+        verify_signature(path, manifest_bytes, key, key_name=name)
+    manifest = verify_bundle(path, manifest_bytes)
+    bundle_id = "sha256:" + sha256_bytes(manifest_bytes)
+    return Bundle(root=path, manifest=manifest, bundle_id=bundle_id, signed=signed, signature_verified=key is not None)
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def verify_signature(root: Path, manifest_bytes: bytes, key: Ed25519PublicKey, *, key_name: str = "") -> None:
+    """Raise BundleError unless ``root/signature.ed25519`` is ``key``'s signature of ``manifest_bytes``."""
+    from cryptography.exceptions import InvalidSignature
+
+    sig_path = root / SIGNATURE
+    which = f" {key_name}" if key_name else ""
+    if not sig_path.is_file():
+        raise BundleError(
+            f"{sig_path}: missing: this device only runs signed bundles",
+            hint=f"build with `edge-build --signing-key KEY` using the private half of the public key{which}",
+        )
+    signature = sig_path.read_bytes()
+    try:
+        if len(signature) != 64:
+            raise InvalidSignature
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(
+            f"{sig_path}: signature does not verify with the device's public key{which}",
+            hint="the manifest changed after signing or another key signed it; "
+            "rebuild and sign with the matching key (`edge-build --signing-key KEY`)",
+        ) from None
+
+
+def sign_bundle(root: Path, signing_key: Path | Ed25519PrivateKey) -> Path:
+    """Write (or replace) ``root/signature.ed25519`` over the manifest as it is on disk; returns its path.
+
+    For signing on a separate host after the build. The tarball next to the bundle is not rewritten.
+    """
+    key = load_signing_key(signing_key) if isinstance(signing_key, (str, Path)) else signing_key
+    data = _read_manifest_bytes(Path(root))
+    target = Path(root) / SIGNATURE
+    tmp = target.with_name(f".{SIGNATURE}.{os.getpid()}.tmp")
+    tmp.write_bytes(key.sign(data))
+    os.replace(tmp, target)
+    return target
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the {what} {path}: {exc.strerror or exc}",
+            hint="make one with build_scripts/make_signing_key.py",
+        ) from None
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in PEM file ``path`` (unencrypted PKCS#8); UsageError naming the file otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    data = _read_pem(path, "signing key")
+    try:
+        key = load_pem_private_key(data, password=None)
+    except TypeError:
+        raise UsageError(
+            f"signing key {path} is encrypted", hint="use an unencrypted PEM key on the signing host"
+        ) from None
+    except ValueError:
+        raise UsageError(
+            f"signing key {path} is not a PEM private key", hint="make one with build_scripts/make_signing_key.py"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(
+            f"signing key {path} is a {type(key).__name__.removeprefix('_')}, not an Ed25519 key",
+            hint="make one with build_scripts/make_signing_key.py",
+        )
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The Ed25519 public key in PEM file ``path``; UsageError naming the file otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    data = _read_pem(path, "bundle public key")
+    try:
+        key = load_pem_public_key(data)
+    except ValueError:
+        raise UsageError(
+            f"bundle public key {path} is not a PEM public key",
+            hint="copy the .pub file that build_scripts/make_signing_key.py wrote",
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"bundle public key {path} is not an Ed25519 key", hint="use an Ed25519 key pair")
+    return key

@@ -69,6 +69,14 @@ def build_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder for bundle/ and bundle.tar.gz")
     parser.add_argument("--cache-dir", type=Path, help="where the default backbone and demo catalogue are cached")
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Ed25519 private key (PEM) to sign the bundle with: writes bundle/signature.ed25519",
+    )
+    parser.add_argument("--history", type=Path, help="catalogue change history CSV (date,sku,change) for readiness")
+    parser.add_argument("--previous-bundle", type=Path, help="the bundle this one replaces (catalogue change rate)")
+    parser.add_argument("--strict", action="store_true", help="exit 5 and write no bundle when a readiness check fails")
     parser.add_argument("--runs", type=int, default=30, help="timed inference runs per variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
@@ -80,7 +88,10 @@ def build_main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from edge_runtime.build.pipeline import BuildOptions, dumps_summary, run_build, summary_text
+        from edge_runtime.bundle import load_signing_key
 
+        if args.signing_key is not None:
+            load_signing_key(args.signing_key)  # a bad key fails now, not after the build
         opts = BuildOptions(
             profile=args.profile,
             out=args.out,
@@ -88,6 +99,10 @@ def build_main(argv: list[str] | None = None) -> int:
             model=args.model,
             seed=args.seed,
             runs=max(3, args.runs),
+            signing_key=args.signing_key,
+            history=args.history,
+            previous_bundle=args.previous_bundle,
+            strict=args.strict,
         )
         if args.cache_dir is not None:
             opts.cache_dir = args.cache_dir
@@ -96,14 +111,6 @@ def build_main(argv: list[str] | None = None) -> int:
         return 0
 
     return _guarded("edge-build", body)
-
-
-def _not_yet(prog: str) -> Callable[[list[str] | None], int]:
-    def main(argv: list[str] | None = None) -> int:
-        print(f"{prog}: not yet implemented in this version of edge_runtime", file=sys.stderr)
-        return EXIT_USAGE
-
-    return main
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -128,6 +135,11 @@ def run_main(argv: list[str] | None = None) -> int:
         help="seconds to wait at the end for the broker to acknowledge everything (default 10)",
     )
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeat messages")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help="Ed25519 public key (PEM): run only bundles signed with its private half (exit 3 otherwise)",
+    )
     parser.add_argument("--every-frame", action="store_true", help="bypass the motion sampler: infer on every frame")
     parser.add_argument(
         "--realtime", action="store_true", help="play files at their frame rate (folders: the camera's), like a camera"
@@ -163,6 +175,7 @@ def run_main(argv: list[str] | None = None) -> int:
                 every_frame=args.every_frame,
                 realtime=args.realtime,
                 heartbeat_s=args.heartbeat,
+                public_key=args.public_key,
             )
         )
         print(dumps_summary(summary) if args.json else summary.text(), flush=True)
@@ -171,7 +184,71 @@ def run_main(argv: list[str] | None = None) -> int:
     return _guarded("edge-run", body)
 
 
-bench_main = _not_yet("edge-bench")
+def bench_main(argv: list[str] | None = None) -> int:
+    parser = _parser(
+        "edge-bench",
+        "Run a bundle's pipeline on this device: stage latencies, throughput, peak memory and headroom, "
+        "checked against the profile's limits (exit 6 when outside them).",
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle/ folder (or bundle.tar.gz) from edge-build")
+    parser.add_argument("--frames", type=int, default=200, help="frames measured after the warm-up (default 200)")
+    parser.add_argument(
+        "--source",
+        help="video file, image folder, rtsp://..., /dev/videoN, csi://N "
+        "(default: synthetic frames at the camera's resolution)",
+    )
+    parser.add_argument("--warmup", type=int, default=10, help="frames run before measuring (default 10)")
+    parser.add_argument("--camera", help="camera name in the bundle's profile (default: the first)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="send the messages through the outbox to the broker, under DEVICE-bench (default: build and drop them)",
+    )
+    parser.add_argument("--mqtt-host", help="broker host with --publish (default: the profile's)")
+    parser.add_argument("--mqtt-port", type=int, help="broker port with --publish (default: the profile's)")
+    parser.add_argument(
+        "--profile", help="check against this profile's limits (name or .toml) instead of the bundle's own"
+    )
+    parser.add_argument("--budget-mib", type=float, help="what-if: check against this memory budget (MiB)")
+    parser.add_argument("--max-latency-ms", type=float, help="what-if: check against this latency ceiling (ms)")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help="Ed25519 public key (PEM): bench only a bundle signed with its private half, as edge-run (exit 3)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    _configure_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        from edge_runtime.bench import BenchOptions, run_bench
+
+        report = run_bench(
+            BenchOptions(
+                bundle=args.bundle,
+                frames=args.frames,
+                warmup=args.warmup,
+                source=args.source,
+                camera=args.camera,
+                publish=args.publish,
+                profile=args.profile,
+                budget_mib=args.budget_mib,
+                max_latency_ms=args.max_latency_ms,
+                mqtt_host=args.mqtt_host,
+                mqtt_port=args.mqtt_port,
+                public_key=args.public_key,
+                handle_signals=True,
+            )
+        )
+        # The figures are printed whatever the verdict: a failed bench is still a measurement.
+        print(report.dumps() if args.json else report.text(), flush=True)
+        report.raise_if_outside_limits()
+        return 0
+
+    return _guarded("edge-bench", body)
 
 
 def check_main(argv: list[str] | None = None) -> int:
@@ -200,7 +277,7 @@ def check_main(argv: list[str] | None = None) -> int:
 
         from edge_runtime.build.check import run_check
         from edge_runtime.build.report import summary_text
-        from edge_runtime.errors import EXIT_READINESS
+        from edge_runtime.errors import ReadinessError
 
         report = run_check(
             args.catalogue, args.model, args.profile, args.history, args.out, args.seed, cache_dir=args.cache_dir
@@ -210,8 +287,10 @@ def check_main(argv: list[str] | None = None) -> int:
         else:
             print(summary_text(report, [args.out / "readiness.md"]))
         if report.failed and args.strict:
-            print(f"edge-check: failed: {', '.join(c.name for c in report.failed)}", file=sys.stderr)
-            return EXIT_READINESS
+            raise ReadinessError(
+                f"readiness checklist failed: {', '.join(c.name for c in report.failed)}",
+                hint=f"see {args.out / 'readiness.md'}; without --strict failures are reported and exit 0",
+            )
         return 0
 
     return _guarded("edge-check", body)

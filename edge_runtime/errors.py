@@ -15,6 +15,7 @@ EXIT_NOTHING_FITS = 4  # no variant meets the memory budget and latency ceiling
 EXIT_READINESS = 5  # readiness checklist failed under --strict
 EXIT_BENCH = 6  # edge-bench: headroom or latency outside the profile's limits
 EXIT_AUTH = 7  # edge-run: the MQTT broker refused this device's credentials or identity
+EXIT_TEMPFAIL = 75  # edge-run: a condition that may clear by itself (the state directory cannot be written)
 
 
 class EdgeError(Exception):
@@ -99,3 +100,13 @@ class AuthError(EdgeError):
     """
 
     exit_code = EXIT_AUTH
+
+
+class TemporaryError(EdgeError):
+    """A startup failure that may clear on its own (e.g. the disk holding the state directory is full).
+
+    systemd restarts the service after ``RestartSec`` (the code is not in ``RestartPreventExitStatus=``), so the
+    device recovers once space returns, without a tight restart loop.
+    """
+
+    exit_code = EXIT_TEMPFAIL

@@ -69,6 +69,7 @@ __all__ = [
     "Regions",
     "Routing",
     "Sampler",
+    "Security",
     "list_profiles",
     "load_profile",
     "profile_search_dirs",
@@ -364,6 +365,29 @@ class Health(BaseModel):
     )
 
 
+class Security(BaseModel):
+    """Bundle signatures: which bundles this device class may run."""
+
+    model_config = _MODEL_CONFIG
+
+    require_signature: bool = Field(
+        default=False, description="Refuse bundles without a valid Ed25519 signature (signature.ed25519)."
+    )
+    public_key_file: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="PEM Ed25519 public key on the device that bundles must be signed with; "
+        "needed when require_signature is true.",
+    )
+
+    @field_validator("public_key_file")
+    @classmethod
+    def _key_when_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("require_signature") and not value:
+            raise ValueError("require_signature = true needs public_key_file (the device's copy of the public key)")
+        return value
+
+
 class DeviceProfile(BaseModel):
     """A resolved, merged and validated device profile.
 
@@ -384,6 +408,7 @@ class DeviceProfile(BaseModel):
     routing: Routing = Field(default_factory=Routing, description="Accept / verify / unknown routing.")
     readiness: Readiness = Field(default_factory=Readiness, description="Readiness checklist limits.")
     health: Health = Field(default_factory=Health, description="Watchdog and stall detection.")
+    security: Security = Field(default_factory=Security, description="Bundle signature policy.")
 
     _source_files: tuple[Path, ...] = PrivateAttr(default=())
 

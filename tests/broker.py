@@ -231,6 +231,7 @@ class Collector:
         client_id: str = "",
         clean_session: bool = True,
         tls_ca: Path | None = None,
+        credentials: tuple[str, str] | None = None,
         timeout: float = 10.0,
     ) -> None:
         self.topic_filter = topic_filter
@@ -246,6 +247,8 @@ class Collector:
         self._client.reconnect_delay_set(min_delay=0.2, max_delay=1)  # type: ignore[arg-type]
         if tls_ca is not None:
             self._client.tls_set(ca_certs=str(tls_ca))
+        if credentials is not None:
+            self._client.username_pw_set(*credentials)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.on_message = self._on_message

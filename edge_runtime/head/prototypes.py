@@ -8,8 +8,10 @@ import numpy as np
 
 from edge_runtime.types import Precision
 
-# Rows scored per block: bounds the float32 temporary an int8/fp16 table needs at 100k SKUs.
-_BLOCK_ROWS = 4096
+# Rows converted to float32 per block when scoring an int8/fp16 table: small enough for the block to stay in the
+# CPU cache between the conversion and the product (4096-row blocks ran 1.7x slower at 10k SKUs), and to bound the
+# temporary at 100k SKUs; large enough to keep BLAS calls few.
+_BLOCK_ROWS = 256
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -60,15 +62,25 @@ class PrototypeTable:
     def dequantised(self) -> np.ndarray:
         return self.rows.astype(np.float32) * self.scales[:, None]
 
+    def dequantised_rows(self, index: np.ndarray) -> np.ndarray:
+        """``dequantised()[index]`` without converting the rest of the table (group-first search needs a few)."""
+        if self.precision == "int8":
+            # One pass from int8 to scaled float32; the same values as converting, then scaling.
+            return np.multiply(self.rows[index], self.scales[index, None], dtype=np.float32)
+        return self.rows[index].astype(np.float32, copy=False)  # the gather already copied
+
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Cosine similarity of L2-normalised queries [N, D] to every row: [N, K] float32."""
         q = np.asarray(queries, dtype=np.float32)
         if self.precision == "fp32":
             return q @ self.rows.T
         out = np.empty((q.shape[0], len(self)), dtype=np.float32)
+        block = np.empty((min(_BLOCK_ROWS, len(self)), self.rows.shape[1]), dtype=np.float32)  # reused
         for start in range(0, len(self), _BLOCK_ROWS):
-            block = self.rows[start : start + _BLOCK_ROWS].astype(np.float32)
-            out[:, start : start + len(block)] = q @ block.T
+            part = self.rows[start : start + _BLOCK_ROWS]
+            converted = block[: len(part)]
+            np.copyto(converted, part)
+            np.matmul(q, converted.T, out=out[:, start : start + len(part)])
         if self.precision == "int8":
             out *= self.scales[None, :]
         return out

@@ -107,6 +107,10 @@ class SystemdNotifier:
         """Called by the capture stage for every frame; cheap (one clock read, no lock: a float store is atomic)."""
         self._last_frame = self._clock()
 
+    def last_frame_age_s(self) -> float:
+        """Seconds since the last captured frame (since construction before the first one)."""
+        return max(0.0, self._clock() - self._last_frame)
+
     def frames_flowing(self) -> bool:
         return self._stopping or self._clock() - self._last_frame < self.frame_stall_s
 

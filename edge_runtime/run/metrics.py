@@ -76,6 +76,7 @@ class RunMetrics:
         self._seen_outbox_drops: dict[tuple[str, str], int] = {}
         self._seen_feedback_rejects: dict[str, int] = {}
         self._seen_acked = 0
+        self._seen_source = (0, 0)  # source reconnects and read failures already counted
         self._server: Any = None
         r = self.registry
 
@@ -141,6 +142,17 @@ class RunMetrics:
             "edge_backend", "The inference backend actually running and the bundle it runs.", registry=r
         )
         self.up_since = Gauge("edge_start_time_seconds", "Unix time the pipeline started.", registry=r)
+        self.source_reconnects = Counter(
+            "edge_source_reconnects", "Reconnection attempts of a live camera or stream.", registry=r
+        )
+        self.source_read_failures = Counter(
+            "edge_source_read_failures", "Failed opens and reads of the source (counted, not fatal).", registry=r
+        )
+        self.frames_flowing = Gauge(
+            "edge_source_frames_flowing",
+            "1 while frames arrive within health.frame_stall_s; 0 = stalled (the systemd watchdog is withheld).",
+            registry=r,
+        )
 
         for sku in self.skus:
             for route in ROUTES:
@@ -195,9 +207,20 @@ class RunMetrics:
         acked: int | None = None,
         connected: bool | None = None,
         feedback_rejected: Mapping[str, int] | None = None,
+        source_reconnects: int | None = None,
+        source_read_failures: int | None = None,
+        frames_flowing: bool | None = None,
     ) -> tuple[float, float]:
         """Update gauges and mirrored counters; returns (rss_bytes, headroom) for heartbeats."""
         with self._lock:
+            if source_reconnects is not None and source_reconnects > self._seen_source[0]:
+                self.source_reconnects.inc(source_reconnects - self._seen_source[0])
+                self._seen_source = (source_reconnects, self._seen_source[1])
+            if source_read_failures is not None and source_read_failures > self._seen_source[1]:
+                self.source_read_failures.inc(source_read_failures - self._seen_source[1])
+                self._seen_source = (self._seen_source[0], source_read_failures)
+            if frames_flowing is not None:
+                self.frames_flowing.set(1 if frames_flowing else 0)
             if outbox is not None:
                 self.outbox_depth.set(outbox.depth)
                 self.outbox_bytes.set(outbox.bytes)

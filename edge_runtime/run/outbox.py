@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import TemporaryError
 from edge_runtime.types import MessageKind, OutMessage
 
 if TYPE_CHECKING:
@@ -96,8 +96,8 @@ CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
 """
 
 
-class OutboxError(EdgeError):
-    """The outbox cannot be opened at all (state directory missing or not writable)."""
+class OutboxError(TemporaryError):
+    """The outbox cannot be opened at all (disk full, state directory missing or not writable): exit 75."""
 
 
 @dataclass(frozen=True)

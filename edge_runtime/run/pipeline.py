@@ -50,7 +50,7 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,8 +70,8 @@ from edge_runtime.preprocess import prepare_batch
 from edge_runtime.profile import Camera, DeviceProfile
 from edge_runtime.run.health import SystemdNotifier
 from edge_runtime.run.metrics import RunMetrics
-from edge_runtime.run.mqtt import MqttAuthError, MqttPublisher
-from edge_runtime.run.outbox import Outbox
+from edge_runtime.run.mqtt import MqttAuthError, MqttPublisher, PublisherStats
+from edge_runtime.run.outbox import Outbox, OutboxStats
 from edge_runtime.run.regions import RegionFinder, crop, make_region_finder
 from edge_runtime.run.sampler import AdaptiveSampler
 from edge_runtime.run.sources import ImageFolderSource, Source, VideoFileSource, open_source, redact_uri
@@ -81,6 +81,7 @@ __all__ = [
     "FEEDBACK_MEMORY",
     "RESULTS_SCHEMA",
     "FeedbackBook",
+    "FrameTiming",
     "RunOptions",
     "RunSummary",
     "StageQueue",
@@ -129,6 +130,27 @@ class RunOptions:
     heartbeat_s: float = 30.0
     connect_wait_s: float = 2.0  # how long startup waits for the broker's verdict on our credentials
     handle_signals: bool = True  # SIGTERM/SIGINT stop the run (only possible in the main thread)
+    public_key: Path | None = None  # the device's bundle public key: only bundles it signed are run
+    # edge-bench's hooks; the defaults are edge-run's behaviour.
+    frames: Source | None = None  # a ready-made source, used instead of opening `source`
+    publish: bool = True  # False: messages are built and serialised as usual, then discarded (no outbox, no broker)
+    on_frame: Callable[[FrameTiming], None] | None = None  # called by the publish thread for every stored frame
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """Where one processed frame's time went, for ``RunOptions.on_frame`` (edge-bench).
+
+    ``stages`` holds seconds per stage that ran for the frame (``metrics.STAGES`` names; a frame without
+    regions has no preprocess, inference or head). Their sum is the frame's latency when it waits in no queue;
+    ``latency_s`` runs from the start of its read to its messages being stored, queue waits included.
+    """
+
+    frame_id: int
+    regions: int
+    stages: dict[str, float]
+    latency_s: float
+    done: float  # time.monotonic() when the frame's messages were stored
 
 
 @dataclass(frozen=True)
@@ -157,6 +179,9 @@ class RunSummary:
     device_id: str
     ended_by: str  # "source ended" | "max frames" | "stop requested" | "error"
     state_dir: str
+    source_reconnects: int = 0  # live sources: reconnection attempts
+    source_read_failures: int = 0  # failed opens/reads (live), undecodable frames (files)
+    outbox_drops: dict[str, dict[str, int]] = field(default_factory=dict)  # reason -> kind -> messages
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,6 +272,7 @@ def open_backend(bundle: Bundle, profile: DeviceProfile) -> Backend:
     measured = str(bundle.manifest.get("measurement", {}).get("backend", "") or "")
     output = str(bundle.manifest.get("backbone", {}).get("embedding_output") or profile.backend.embedding_output)
     failures: dict[str, str] = {}
+    load_errors: list[EdgeError] = []  # backends that exist here but could not load this model
     remaining = prefer
     while remaining:
         name, skipped = first_available(remaining)
@@ -263,16 +289,25 @@ def open_backend(bundle: Bundle, profile: DeviceProfile) -> Backend:
             backend = create_backend(name, bundle.path(MODEL), threads=profile.backend.threads, embedding_output=output)
         except EdgeError as exc:
             failures[name] = str(exc)
-            log.warning("backend %s cannot load the model: %s", name, exc)
+            load_errors.append(exc)
             if not profile.backend.allow_fallback:
                 raise
             remaining = remaining[remaining.index(name) + 1 :]
+            if remaining:
+                log.warning("backend %s cannot load the model: %s; trying the next one", name, exc)
             continue
         for other, why in failures.items():
             log.info("backend %s skipped: %s", other, why)
         if measured and name != measured:
             log.warning("the bundle's figures were measured with %s; running %s", measured, name)
         return backend
+    if load_errors:
+        # Every backend that exists here refused the model itself: the bundle is at fault, not the host.
+        raise ModelError(
+            f"{bundle.root / MODEL}: no backend here can load the bundle's model "
+            f"({'; '.join(f'{k}: {v}' for k, v in failures.items())})",
+            hint="the model is damaged or not ONNX: rebuild the bundle with edge-build",
+        )
     detail = "; ".join(f"{k}: {v}" for k, v in failures.items()) or "the profile lists none"
     raise ModelError(
         f"no usable inference backend for profile {profile.name} ({detail})",
@@ -421,6 +456,7 @@ class _Inferred:
     regions: list[Region]
     decisions: list[Decision]
     crops: list[np.ndarray | None]  # copies for objects that get an unknown/verify message with a crop
+    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
 
 
 @dataclass
@@ -446,7 +482,7 @@ class _Stages:
         finder: RegionFinder,
         backend: Backend,
         head: Head,
-        publisher: MqttPublisher,
+        publisher: MqttPublisher | _DiscardingPublisher,
         metrics: RunMetrics,
         health: SystemdNotifier,
         feedback: FeedbackBook,
@@ -458,6 +494,7 @@ class _Stages:
         max_frames: int | None,
         realtime: bool,
         stop: threading.Event,
+        on_frame: Callable[[FrameTiming], None] | None = None,
     ) -> None:
         self.source = source
         self.sampler = sampler
@@ -488,6 +525,9 @@ class _Stages:
         self.error: BaseException | None = None
         self.frames_q = StageQueue(FRAME_QUEUE)
         self.publish_q = StageQueue(PUBLISH_QUEUE)
+        self.on_frame = on_frame
+        # (frame index, read seconds) of queued frames, for on_frame only: Frame is immutable and shared.
+        self._read_s: deque[tuple[int, float]] = deque()
         self._log_infer_error = _Throttled()
         self._log_publish_error = _Throttled()
         self.started_at = 0.0
@@ -562,7 +602,8 @@ class _Stages:
             if frame is None:
                 self.ended_by = self.ended_by or ("stop requested" if self.stop.is_set() else "source ended")
                 return
-            self.metrics.observe_stage("capture", time.perf_counter() - t0)
+            read_s = time.perf_counter() - t0
+            self.metrics.observe_stage("capture", read_s)
             self.metrics.frames_read.inc()
             self.health.frame_seen()
             with self.lock:
@@ -573,6 +614,8 @@ class _Stages:
                 with self.lock:
                     self.counts.frames_skipped += 1
                 continue
+            if self.on_frame is not None:
+                self._read_s.append((frame.index, read_s))  # before the put: the consumer may pop at once
             if self.source.live:
                 dropped = self.frames_q.put_drop_oldest(frame)
                 if dropped:
@@ -598,13 +641,29 @@ class _Stages:
             if not self.publish_q.put_or_abort(inferred, self.abort):
                 return
 
+    def _observe(self, spent: dict[str, float], stage: str, seconds: float) -> None:
+        self.metrics.observe_stage(stage, seconds)
+        spent[stage] = seconds
+
+    def _read_seconds(self, index: int) -> dict[str, float]:
+        """The read time recorded for frame ``index`` (frames dropped before it are discarded)."""
+        while self._read_s:
+            queued, seconds = self._read_s.popleft()
+            if queued == index:
+                return {"capture": seconds}
+            if queued > index:  # cannot happen with in-order queues; keep it for the next frame
+                self._read_s.appendleft((queued, seconds))
+                break
+        return {}
+
     def infer(self, frame: Frame) -> _Inferred:
         stage = "regions"
+        spent = self._read_seconds(frame.index) if self.on_frame is not None else {}
         try:
             t0 = time.perf_counter()
             regions = self.finder.find(frame.image)
             t1 = time.perf_counter()
-            self.metrics.observe_stage("regions", t1 - t0)
+            self._observe(spent, "regions", t1 - t0)
             decisions: list[Decision] = []
             views = []
             if regions:
@@ -612,14 +671,14 @@ class _Stages:
                 views = [crop(frame.image, r) for r in regions]
                 batch = prepare_batch(views, self.input_size)
                 t2 = time.perf_counter()
-                self.metrics.observe_stage("preprocess", t2 - t1)
+                self._observe(spent, "preprocess", t2 - t1)
                 stage = "inference"
                 embeddings = self.backend.embed(batch)  # every region of the frame in one call
                 t3 = time.perf_counter()
-                self.metrics.observe_stage("inference", t3 - t2)
+                self._observe(spent, "inference", t3 - t2)
                 stage = "head"
                 decisions = self.head.decide(embeddings)
-                self.metrics.observe_stage("head", time.perf_counter() - t3)
+                self._observe(spent, "head", time.perf_counter() - t3)
                 if len(decisions) != len(regions):
                     raise ModelError(f"{len(regions)} regions but {len(decisions)} decisions")
         except Exception as exc:
@@ -639,7 +698,7 @@ class _Stages:
         self.metrics.regions.inc(len(regions))
         for d in decisions:
             self.metrics.count_prediction(_top1(d), d.route)
-        return _Inferred(frame.index, frame.source_ref, frame.ts, regions, decisions, crops)
+        return _Inferred(frame.index, frame.source_ref, frame.ts, regions, decisions, crops, spent)
 
     def _object_topic(self, d: Decision) -> str | None:
         if d.route == "verify":
@@ -696,7 +755,7 @@ class _Stages:
             message["crop"] = self.encode_crop(crop_image) if crop_image is not None else None
             objects.append((topic, message, _top1(d)))
         t1 = time.perf_counter()
-        self.metrics.observe_stage("encode", t1 - t0)
+        self._observe(item.spent, "encode", t1 - t0)
 
         # Remembered before the send: a reviewer can only answer after the broker has the message.
         self.feedback.remember_frame(results_id, tuple(_top1(d) for d in item.decisions))
@@ -704,11 +763,21 @@ class _Stages:
         for topic, message, top1 in objects:
             self.feedback.remember_object(message["id"], top1)
             self.send(topic, message)
-        self.metrics.observe_stage("publish", time.perf_counter() - t1)
+        self._observe(item.spent, "publish", time.perf_counter() - t1)
         latency = max(0.0, time.time() - item.ts)
         self.metrics.frame_latency.observe(latency)
         with self.lock:
             self.latencies.append(latency)
+        if self.on_frame is not None:
+            self.on_frame(
+                FrameTiming(
+                    frame_id=item.frame_id,
+                    regions=len(item.regions),
+                    stages=dict(item.spent),
+                    latency_s=latency + item.spent.get("capture", 0.0),  # ts is taken after the read
+                    done=time.monotonic(),
+                )
+            )
 
     def encode_crop(self, image: np.ndarray) -> dict[str, Any]:
         h, w = image.shape[:2]
@@ -800,8 +869,9 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
     hurry = threading.Event()
     with contextlib.ExitStack() as cleanup, _signals_stop(stop, hurry, options.handle_signals):
         # 1. The bundle: every hash verified before anything is loaded; its profile is what we run with.
-        bundle = load_bundle(Path(options.bundle))
+        bundle = load_bundle(Path(options.bundle), public_key=options.public_key)
         profile = bundle_profile(bundle)
+        bundle = _enforce_signature_policy(bundle, profile)
         camera = pick_camera(profile, options.camera)
         device_id = options.device_id or profile.mqtt_device_id
         state_dir = Path(options.state_dir) if options.state_dir else default_state_dir(device_id, camera.name)
@@ -819,10 +889,14 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             )
 
         # 3. The source (lazy for cameras: the first read connects), sampler and region finder.
-        uri = options.source if options.source is not None else camera.source
-        if not uri.strip() and options.source is None:
-            uri = str(demo_video(state_dir, camera))
-        source = open_source(uri, camera=camera.name, width=camera.width, height=camera.height, fps=camera.fps)
+        if options.frames is not None:
+            source = options.frames
+            uri = source.describe()
+        else:
+            uri = options.source if options.source is not None else camera.source
+            if not uri.strip() and options.source is None:
+                uri = str(demo_video(state_dir, camera))
+            source = open_source(uri, camera=camera.name, width=camera.width, height=camera.height, fps=camera.fps)
         cleanup.callback(source.close)
         sampling = not options.every_frame and not isinstance(source, ImageFolderSource)
         sampler = AdaptiveSampler.from_profile(profile.sampler, enabled=None if sampling else False)
@@ -842,30 +916,35 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         port = profile.metrics.port if options.metrics_port is None else options.metrics_port
         metrics.serve(port, options.metrics_addr)
         cleanup.callback(metrics.close)
-        outbox = Outbox.from_profile(profile, state_dir)
-        cleanup.callback(outbox.close)
-        leftover = outbox.depth
-        if leftover:
-            log.info("outbox holds %d message(s) from an earlier run; they are sent first", leftover)
-        extra: dict[str, Any] = {}
-        if len(profile.cameras) > 1:
-            # Two cameras of one device under one client id would keep kicking each other off the broker.
-            extra["client_id"] = f"{profile.mqtt.topic_prefix}-{device_id}-{camera.name}"
-        publisher = MqttPublisher.from_profile(
-            profile,
-            outbox,
-            host=options.mqtt_host,
-            port=options.mqtt_port,
-            device_id=device_id,
-            status_fields={
-                "bundle_id": bundle.bundle_id,
-                "backend": backend.name,
-                "camera": camera.name,
-                "source": redact_uri(uri),
-                "version": edge_runtime.__version__,
-            },
-            **extra,
-        )
+        outbox: Outbox | _NoOutbox
+        publisher: MqttPublisher | _DiscardingPublisher
+        if options.publish:
+            outbox = Outbox.from_profile(profile, state_dir)
+            cleanup.callback(outbox.close)
+            leftover = outbox.depth
+            if leftover:
+                log.info("outbox holds %d message(s) from an earlier run; they are sent first", leftover)
+            extra: dict[str, Any] = {}
+            if len(profile.cameras) > 1:
+                # Two cameras of one device under one client id would keep kicking each other off the broker.
+                extra["client_id"] = f"{profile.mqtt.topic_prefix}-{device_id}-{camera.name}"
+            publisher = MqttPublisher.from_profile(
+                profile,
+                outbox,
+                host=options.mqtt_host,
+                port=options.mqtt_port,
+                device_id=device_id,
+                status_fields={
+                    "bundle_id": bundle.bundle_id,
+                    "backend": backend.name,
+                    "camera": camera.name,
+                    "source": redact_uri(uri),
+                    "version": edge_runtime.__version__,
+                },
+                **extra,
+            )
+        else:
+            outbox, publisher = _NoOutbox(), _DiscardingPublisher()
         feedback = FeedbackBook(skus, metrics)
         publisher.on_feedback(feedback)
         health = SystemdNotifier(profile.health.frame_stall_s)
@@ -912,6 +991,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             max_frames=options.max_frames,
             realtime=options.realtime,
             stop=stop,
+            on_frame=options.on_frame,
         )
         stages.start()
         health.ready(f"running {backend.name} on {redact_uri(uri)}")
@@ -989,10 +1069,99 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             device_id=device_id,
             ended_by=stages.ended_by or "stop requested",
             state_dir=str(state_dir),
+            source_reconnects=source.reconnects,
+            source_read_failures=source.read_failures,
+            outbox_drops=_drops_by_reason(stats),
         )
 
 
-def _raise_if_refused(publisher: MqttPublisher) -> None:
+def _drops_by_reason(stats: OutboxStats) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (reason, kind), n in sorted(stats.drops.items()):
+        out.setdefault(reason, {})[kind] = n
+    return out
+
+
+def _enforce_signature_policy(bundle: Bundle, profile: DeviceProfile) -> Bundle:
+    """The bundle's own profile may demand a signature (catches an unsigned build by mistake).
+
+    Against tampering this is not enough, since whoever edits the bundle can edit its profile too: the trust
+    anchor is the device's ``--public-key`` (RunOptions.public_key), checked by load_bundle before anything else.
+    """
+    if bundle.signature_verified or not profile.security.require_signature:
+        return bundle
+    key_file = profile.security.public_key_file
+    assert key_file is not None  # the profile schema requires it with require_signature
+    log.info("profile %s requires a signed bundle: checking it with %s", profile.name, key_file)
+    return load_bundle(bundle.root, public_key=Path(key_file))
+
+
+class _NoOutbox:
+    """The outbox of a run that publishes nothing (``RunOptions.publish=False``): always empty."""
+
+    path = Path(os.devnull)
+    depth = 0
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(depth=0, bytes=0)
+
+    def close(self) -> None:
+        pass
+
+
+class _DiscardingPublisher:
+    """Stands in for MqttPublisher when a run publishes nothing (edge-bench without ``--publish``).
+
+    ``send`` serialises the payload exactly as ``MqttPublisher.send`` does before its outbox write, so the
+    publish stage still costs what building the bytes costs; then it drops them.
+    """
+
+    fatal_error: str | None = None
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, name: str, payload: Mapping[str, Any]) -> bool:
+        json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        self.sent += 1
+        return True
+
+    def on_feedback(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def wait_connected(self, timeout: float) -> bool:
+        return True
+
+    def raise_if_fatal(self) -> None:
+        pass
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def close(self, publish_offline: bool = True, timeout_s: float = 2.0) -> None:
+        pass
+
+    def stats(self) -> PublisherStats:
+        # Nothing reaches a broker, so nothing is acknowledged.
+        return PublisherStats(
+            connected=False,
+            connects=0,
+            disconnects=0,
+            published=0,
+            acked=0,
+            resent=0,
+            inflight=0,
+            feedback_received=0,
+            feedback_duplicates=0,
+            feedback_rejected={},
+            send_rejected=0,
+        )
+
+
+def _raise_if_refused(publisher: MqttPublisher | _DiscardingPublisher) -> None:
     try:
         publisher.raise_if_fatal()
     except MqttAuthError as exc:
@@ -1005,8 +1174,8 @@ class _Heartbeat:
     def __init__(
         self,
         stages: _Stages,
-        publisher: MqttPublisher,
-        outbox: Outbox,
+        publisher: MqttPublisher | _DiscardingPublisher,
+        outbox: Outbox | _NoOutbox,
         metrics: RunMetrics,
         health: SystemdNotifier,
         bundle_id: str,
@@ -1035,6 +1204,9 @@ class _Heartbeat:
             acked=stats.acked,
             connected=stats.connected,
             feedback_rejected=stats.feedback_rejected,
+            source_reconnects=self.stages.source.reconnects,
+            source_read_failures=self.stages.source.read_failures,
+            frames_flowing=self.health.frames_flowing(),
         )
         self._last_refresh = time.monotonic()
 
@@ -1074,10 +1246,19 @@ class _Heartbeat:
                 "errors": counts.frame_errors,
             },
             "backend": self.backend,
+            "source": {
+                "live": self.stages.source.live,
+                "frames_flowing": self.health.frames_flowing(),
+                "last_frame_age_s": round(self.health.last_frame_age_s(), 2),
+                "reconnects": self.stages.source.reconnects,
+                "read_failures": self.stages.source.read_failures,
+            },
         }
         self.stages.send("heartbeat", payload)
+        stalled = "" if self.health.frames_flowing() else f", camera stalled {self.health.last_frame_age_s():.0f} s"
         self.health.status(
-            f"{counts.frames_processed} frames, {fps:.1f} fps, outbox {stats.depth}, headroom {self.headroom:.0%}"
+            f"{counts.frames_processed} frames, {fps:.1f} fps, outbox {stats.depth}, "
+            f"headroom {self.headroom:.0%}{stalled}"
         )
 
 

@@ -56,6 +56,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# FFmpeg writes its own complaints ("moov atom not found", "Connection refused") straight to stderr, bypassing
+# logging; the sources report every failure themselves, in one line, naming the URI. Only FFmpeg's fatal
+# messages remain (AV_LOG_FATAL); set OPENCV_FFMPEG_LOGLEVEL=16 (errors) or 32 (info) to see them while debugging.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 DEFAULT_CSI_SIZE = (1280, 720)

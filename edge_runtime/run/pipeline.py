@@ -266,8 +266,12 @@ def demo_video(state_dir: Path, camera: Camera) -> Path:
     )
 
 
-def open_backend(bundle: Bundle, profile: DeviceProfile) -> Backend:
-    """The first backend of the profile's ``prefer`` list that exists here and loads the bundle's model."""
+def open_backend(bundle: Bundle, profile: DeviceProfile, state_dir: Path | None = None) -> Backend:
+    """The first backend of the profile's ``prefer`` list that exists here and loads the bundle's model.
+
+    GPU backends get the bundle's precision, the memory budget (workspace and arena limits), the state
+    directory (engine caches survive restarts) and the largest batch the regions can make.
+    """
     prefer = list(profile.backend.prefer)
     measured = str(bundle.manifest.get("measurement", {}).get("backend", "") or "")
     output = str(bundle.manifest.get("backbone", {}).get("embedding_output") or profile.backend.embedding_output)
@@ -286,7 +290,16 @@ def open_backend(bundle: Bundle, profile: DeviceProfile) -> Backend:
                 hint="run on the device the profile describes, or allow fallback in the profile",
             )
         try:
-            backend = create_backend(name, bundle.path(MODEL), threads=profile.backend.threads, embedding_output=output)
+            backend = create_backend(
+                name,
+                bundle.path(MODEL),
+                threads=profile.backend.threads,
+                embedding_output=output,
+                precision=str(bundle.manifest.get("model", {}).get("precision") or "fp32"),
+                budget_mib=float(profile.device.memory_budget_mib),
+                state_dir=state_dir,
+                max_batch=profile.regions.max_regions,
+            )
         except EdgeError as exc:
             failures[name] = str(exc)
             load_errors.append(exc)
@@ -879,7 +892,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         skus = [s.code for s in head.skus]
 
         # 2. The backend, checked against the input size the bundle was built and calibrated for.
-        backend = open_backend(bundle, profile)
+        backend = open_backend(bundle, profile, state_dir)
         cleanup.callback(backend.close)
         input_size = int(bundle.manifest.get("model", {}).get("input_size") or backend.input_size)
         if backend.input_size != input_size:

@@ -36,7 +36,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ import psutil
 
 from edge_runtime.bundle import load_bundle
 from edge_runtime.errors import BenchLimitError, InputError, UsageError
+from edge_runtime.memory import RssPeakSampler, vm_hwm_bytes
 from edge_runtime.profile import load_profile
 from edge_runtime.run.metrics import STAGES
 from edge_runtime.run.pipeline import FrameTiming, RunOptions, RunSummary, bundle_profile, pick_camera, run
@@ -270,40 +270,6 @@ def render_frames(target: str, width: str, height: str, distinct: str, seed: str
 # --------------------------------------------------------------------------- memory
 
 
-def vm_hwm_bytes() -> int:
-    """The kernel's high-water mark of this process's resident set (Linux VmHWM); 0 where unavailable."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class _RssPeak(threading.Thread):
-    """Samples the resident set while the bench runs (VmHWM alone is missing on some kernels)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="bench-rss", daemon=True)
-        self._proc = psutil.Process()
-        self.peak = self._proc.memory_info().rss
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(_SAMPLE_S):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-        return self.peak
-
-
 def _gpu_reader() -> tuple[Any, Any]:
     """(per-process reader, Jetson system-wide reader), or Nones when this build has no GPU memory module."""
     try:
@@ -427,7 +393,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
     _check_options(options)
     unified = _gpu_reader()[1]
     unified_before = unified() if unified is not None else None
-    sampler = _RssPeak()
+    sampler = RssPeakSampler(_SAMPLE_S, name="bench-rss")
     sampler.start()
     tmp_state: Path | None = None
     tmp_bundle: Path | None = None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ModelError
+from edge_runtime.memory import RssPeakSampler, vm_hwm_bytes
 from edge_runtime.types import Measurement
 
 MIB = 1024 * 1024
@@ -74,45 +75,6 @@ def measure_in_subprocess(
     return Measurement(**data)
 
 
-class _PeakSampler(threading.Thread):
-    """Samples RSS often enough to catch the transient peak while a session initialises."""
-
-    def __init__(self, interval_s: float = 0.002) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval_s = interval_s
-        self.peak = self.proc.memory_info().rss
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._halt.wait(self.interval_s)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        return self.peak
-
-
-def _max_rss_bytes() -> int:
-    """The kernel's high-water mark of this address space (Linux VmHWM), 0 where unavailable.
-
-    Not ru_maxrss: after fork+exec it can still report the parent's peak.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _child(args: argparse.Namespace) -> dict[str, object]:
     # Import what the device process imports before taking the baseline.
     import cv2  # noqa: F401  (counted: the runtime decodes frames with OpenCV)
@@ -129,7 +91,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     # fresh process's run. Read once the runs are done: the steady state, not an engine build's transient peak.
     gpu_wanted = args.backend != "onnxruntime-cpu"
     unified_before = unified_memory_used_mib() if gpu_wanted else None
-    sampler = _PeakSampler()
+    sampler = RssPeakSampler()
     sampler.start()
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
     backend = create_backend(
@@ -147,7 +109,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     if args.frame_bytes > 0:
         del frames  # the runtime-like load holds real frames in real queues instead
         _runtime_like_load(backend, args.frame_bytes, args.batch)
-    peak = max(sampler.stop(), _max_rss_bytes())
+    peak = max(sampler.stop(), vm_hwm_bytes())
     gpu_mib = 0.0
     if gpu_wanted and backend.name != "onnxruntime-cpu":  # a fallback to the CPU holds no GPU memory
         gpu_mib = footprint_gpu_mib(gpu_memory_used_mib(), unified_before, unified_memory_used_mib())

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_USAGE, EdgeError
+from edge_runtime.errors import EXIT_USAGE, EdgeError, UsageError
 
 EXIT_INTERNAL = 70  # an unexpected bug; EDGE_DEBUG=1 shows the traceback
 EXIT_INTERRUPTED = 130
@@ -77,6 +77,12 @@ def build_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=Path, help="catalogue change history CSV (date,sku,change) for readiness")
     parser.add_argument("--previous-bundle", type=Path, help="the bundle this one replaces (catalogue change rate)")
     parser.add_argument("--strict", action="store_true", help="exit 5 and write no bundle when a readiness check fails")
+    parser.add_argument(
+        "--engine-on-device",
+        action="store_true",
+        help="also build the TensorRT engine now, on this device, into --state-dir (instead of on first start)",
+    )
+    parser.add_argument("--state-dir", type=Path, help="edge-run's state directory, where the engine cache lives")
     parser.add_argument("--runs", type=int, default=30, help="timed inference runs per variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
@@ -87,6 +93,15 @@ def build_main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
 
     def body() -> int:
+        if args.engine_on_device:
+            from edge_runtime.backends.tensorrt import tensorrt_probe
+
+            reason = tensorrt_probe()  # before the build: fail in seconds, not after minutes
+            if reason is not None:
+                raise UsageError(
+                    f"--engine-on-device needs TensorRT on this machine: {reason}",
+                    hint="run edge-build on the device itself, or leave the engine to edge-run's first start",
+                )
         from edge_runtime.build.pipeline import BuildOptions, dumps_summary, run_build, summary_text
         from edge_runtime.bundle import load_signing_key
 
@@ -107,6 +122,21 @@ def build_main(argv: list[str] | None = None) -> int:
         if args.cache_dir is not None:
             opts.cache_dir = args.cache_dir
         result = run_build(opts)
+        if args.engine_on_device:
+            from edge_runtime.backends.tensorrt import build_engine, default_state_dir
+
+            m = result.bundle.manifest
+            engine, seconds = build_engine(
+                result.bundle.path("model.onnx"),
+                args.state_dir or default_state_dir(),
+                str(m["model"]["precision"]),
+                float(m["budget_mib"]),
+                result.profile.regions.max_regions,
+            )
+            print(
+                f"TensorRT engine {engine} ({'cached' if seconds == 0 else f'built in {seconds:.1f} s'})",
+                file=sys.stderr,
+            )
         print(dumps_summary(result) if args.json else summary_text(result))
         return 0
 

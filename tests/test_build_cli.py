@@ -218,3 +218,17 @@ def test_readiness_report_in_the_bundle_and_strict_refuses(
     assert build_main([*args, "--out", str(tmp_path / "strict"), "--strict"]) == EXIT_READINESS
     assert "readiness checklist failed" in capsys.readouterr().err
     assert not (tmp_path / "strict" / "bundle").exists()
+
+
+def test_engine_on_device_without_tensorrt_fails_fast_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.backends.tensorrt import tensorrt_probe
+
+    if tensorrt_probe() is None:
+        pytest.skip("TensorRT is usable here: the engine build itself is covered by tests/test_backends_gpu.py")
+    code = build_main(["--engine-on-device", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "--engine-on-device needs TensorRT" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before any build work

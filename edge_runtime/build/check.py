@@ -22,12 +22,11 @@ from edge_runtime.build.pipeline import (
     BuildOptions,
     _embed,
     default_cache_dir,
+    load_backbone,
     measurement_backend,
-    resolve_backbone,
 )
-from edge_runtime.build.quantize import load_model, make_variant
+from edge_runtime.build.quantize import make_variant
 from edge_runtime.build.readiness import ReadinessReport, read_history, run_readiness, write_report
-from edge_runtime.errors import UsageError
 from edge_runtime.head.fit import FitSettings, fit_head
 from edge_runtime.profile import load_profile
 
@@ -53,14 +52,7 @@ def run_check(
         read_history(history)  # a bad history fails now, not after minutes of embedding
     opts = BuildOptions(profile=profile, out=out, catalogue=catalogue, model=model, seed=seed)
     opts.cache_dir = cache_dir or default_cache_dir()
-    backbone_path = resolve_backbone(opts)
-    backbone = load_model(backbone_path)
-    outputs = [o.name for o in backbone.graph.output]
-    if b.embedding_output not in outputs:
-        raise UsageError(
-            f"{backbone_path}: no output named {b.embedding_output!r} (outputs: {', '.join(outputs)})",
-            hint="set backend.embedding_output in the profile",
-        )
+    _, backbone = load_backbone(opts, b.embedding_output)
     size = b.input_sizes[0]
 
     loaded = cat.load_catalogue(catalogue)

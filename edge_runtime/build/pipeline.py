@@ -125,6 +125,19 @@ def resolve_backbone(opts: BuildOptions) -> Path:
     return target
 
 
+def load_backbone(opts: BuildOptions, embedding_output: str) -> tuple[Path, onnx.ModelProto]:
+    """The backbone to build with (``--model`` or the default), checked for the profile's embedding output."""
+    path = resolve_backbone(opts)
+    model = load_model(path)
+    outputs = [o.name for o in model.graph.output]
+    if embedding_output not in outputs:
+        raise UsageError(
+            f"{path}: no output named {embedding_output!r} (outputs: {', '.join(outputs)})",
+            hint="set backend.embedding_output in the profile",
+        )
+    return path, model
+
+
 def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:
     """(backend to measure with here, whether figures are host estimates, why)."""
     device_backend = profile.backend.prefer[0]
@@ -177,14 +190,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
     profile = load_profile(opts.profile)
     b = profile.backend
     catalogue_path = resolve_catalogue(opts)
-    backbone_path = resolve_backbone(opts)
-    backbone = load_model(backbone_path)
-    output_names = [o.name for o in backbone.graph.output]
-    if b.embedding_output not in output_names:
-        raise UsageError(
-            f"{backbone_path}: no output named {b.embedding_output!r} (outputs: {', '.join(output_names)})",
-            hint="set backend.embedding_output in the profile",
-        )
+    backbone_path, backbone = load_backbone(opts, b.embedding_output)
 
     catalogue = cat.load_catalogue(catalogue_path)
     log.info("catalogue %s: %d SKUs, %d images", catalogue_path, len(catalogue.skus), len(catalogue.items))

@@ -1166,15 +1166,21 @@ def _bottle(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
     return img, alpha
 
 
-def _box(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
+def _boxed(sku: DemoSku, side: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A plain box front in the body colour with its side panel (``side`` x the front width); (img, alpha, w, h)."""
     h = _TH
     w = int(h * sku.aspect)
-    s = int(w * 0.2)
+    s = int(w * side)
     img = np.zeros((h, w + s, 3), np.uint8)
     alpha = np.zeros((h, w + s), np.uint8)
     cv2.rectangle(img, (0, 0), (w - 1, h - 1), sku.body, -1)
     cv2.rectangle(alpha, (0, 0), (w - 1, h - 1), 255, -1)
     _box_side(img, alpha, sku, w, w + s, 0, h)
+    return img, alpha, w, h
+
+
+def _box(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
+    img, alpha, w, h = _boxed(sku, 0.2)
     # Sunburst behind the bowl, cheap and typical of cereal boxes.
     for k in range(12):
         a0, a1 = math.radians(k * 30), math.radians(k * 30 + 12)
@@ -1215,14 +1221,7 @@ def _box(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pasta_box(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = _TH
-    w = int(h * sku.aspect)
-    s = int(w * 0.16)
-    img = np.zeros((h, w + s, 3), np.uint8)
-    alpha = np.zeros((h, w + s), np.uint8)
-    cv2.rectangle(img, (0, 0), (w - 1, h - 1), sku.body, -1)
-    cv2.rectangle(alpha, (0, 0), (w - 1, h - 1), 255, -1)
-    _box_side(img, alpha, sku, w, w + s, 0, h)
+    img, alpha, w, h = _boxed(sku, 0.16)
     for k, col in enumerate(((40, 140, 40), (245, 245, 245), (40, 40, 200))):  # tricolore stripe
         cv2.rectangle(img, _pt(w * k / 3, 0), _pt(w * (k + 1) / 3, h * 0.03), col, -1)
     _text(img, sku.brand, (w * 0.08, h * 0.05, w * 0.92, h * 0.2), sku.ink, sku.font, 1.4)

@@ -25,6 +25,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+# Broker discovery has one implementation, the demo's: make demo starts a throwaway mosquitto the same way.
+from build_scripts.demo_run import HOST, SBIN_DIRS, find_mosquitto, free_port
+
 __all__ = [
     "Collector",
     "Mosquitto",
@@ -35,28 +38,6 @@ __all__ = [
     "mosquitto",
     "mosquitto_factory",
 ]
-
-HOST = "127.0.0.1"
-_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary from PATH or the usual sbin directories (often not in a user's PATH)."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for d in _SBIN_DIRS:
-        candidate = Path(d) / "mosquitto"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the kernel's pick for port 0; tiny race, fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -110,7 +91,7 @@ class Mosquitto:
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
-            raise FileNotFoundError("mosquitto binary not found in PATH or " + ", ".join(_SBIN_DIRS))
+            raise FileNotFoundError("mosquitto binary not found in PATH or " + ", ".join(SBIN_DIRS))
         self.binary = found
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +280,7 @@ def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     """``make(**options)`` -> a configured, not yet started Mosquitto; all are killed after the test."""
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto not installed (looked in PATH and " + ", ".join(_SBIN_DIRS) + "); apt install mosquitto")
+        pytest.skip("mosquitto not installed (looked in PATH and " + ", ".join(SBIN_DIRS) + "); apt install mosquitto")
     brokers: list[Mosquitto] = []
 
     def make(**options: Any) -> Mosquitto:

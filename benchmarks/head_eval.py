@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import create_backend
+from edge_runtime.build.augment import augment_batch
 from edge_runtime.build.pipeline import BuildOptions, run_build
 from edge_runtime.bundle import load_bundle
 from edge_runtime.head.calibration import ece, softmax
@@ -56,11 +57,17 @@ def _classes() -> dict[int, tuple[str, str]]:
         }
 
 
-def _embed(model: Path, size: int, paths: list[Path], output: str) -> np.ndarray:
+def _embed(model: Path, size: int, paths: list[Path], output: str, views: int = 0) -> np.ndarray:
+    """Embeddings of the images, or (views > 0) of that many augmented views of each, as edge-build makes them."""
     backend = create_backend("onnxruntime-cpu", model, threads=0, embedding_output=output)
+    rng = np.random.default_rng(1)
     out = []
-    for i in range(0, len(paths), 32):
-        out.append(backend.embed(prepare_batch([read_image(str(p)) for p in paths[i : i + 32]], size)))
+    for _ in range(max(1, views)):
+        for i in range(0, len(paths), 32):
+            batch = prepare_batch([read_image(str(p)) for p in paths[i : i + 32]], size)
+            if views:
+                batch = augment_batch(batch.astype(np.uint8), rng)
+            out.append(backend.embed(batch))
     return np.concatenate(out)
 
 
@@ -133,6 +140,9 @@ def main() -> int:
     train_paths = [p for p, _, _ in train]
     train_y = np.array([codes.index(code_of[f]) for _, f, _ in train])
     train_emb = _embed(bundle.path("model.onnx"), size, train_paths, output)
+    views = int(m["head"].get("augmented_views", 0)) // len(train_paths)
+    aug_emb = _embed(bundle.path("model.onnx"), size, train_paths, output, views) if views else None
+    aug_y = np.tile(train_y, views)
     rng = np.random.default_rng(0)
     n_hold = max(1, round(0.1 * len(codes)))
     shrink = m["head"]["projection"]["chosen"]
@@ -146,7 +156,16 @@ def main() -> int:
         keep_tr = np.isin(train_y, known)
         skus = [SkuInfo(head.skus[c].code, head.skus[c].name, head.skus[c].group) for c in known]
         settings = FitSettings(shrinkages=shrinkages, seed=fold)
-        sub, _ = fit_head(train_emb[keep_tr], np.array([remap[int(c)] for c in train_y[keep_tr]]), skus, settings)
+        keep_aug = np.isin(aug_y, known)
+        sub, _ = fit_head(
+            train_emb[keep_tr],
+            np.array([remap[int(c)] for c in train_y[keep_tr]]),
+            skus,
+            settings,
+            aug_emb[keep_aug] if aug_emb is not None else None,
+            # row i of the kept train images is the i-th True in keep_tr; views follow their source image
+            (np.cumsum(keep_tr) - 1)[np.tile(np.arange(len(train_paths)), views)[keep_aug]] if views else None,
+        )
         kv = np.isin(val_y, known)
         # Same distribution on both sides: val photos of known SKUs against val photos of the new ones
         # (train photos of the new SKUs would measure the train/val shift as much as novelty).

@@ -163,7 +163,12 @@ class Backend(BaseModel):
         default=True, description="Fall back to the next backend in `prefer` if one fails to load."
     )
     embedding_output: str = Field(
-        default="embedding", min_length=1, description="Name of the backbone's embedding output tensor."
+        default="auto",
+        min_length=1,
+        description=(
+            "Name of the backbone's embedding output tensor; 'auto' = 'embedding_multi' (the default backbone's"
+            " multi-layer embedding) when the model has it, else 'embedding'."
+        ),
     )
     calibration_images: int = Field(
         default=100, ge=8, le=2000, description="Catalogue images used to calibrate int8 variants."
@@ -325,6 +330,22 @@ class Routing(BaseModel):
     unknown_loop: bool = Field(default=True, description="Send unknown items back for labelling (the unknown loop).")
 
 
+class HeadFit(BaseModel):
+    """How edge-build fits the recognition head on the catalogue."""
+
+    model_config = _MODEL_CONFIG
+
+    augment_views: int = Field(
+        default=2,
+        ge=0,
+        le=8,
+        description=(
+            "Augmented views (crop, tilt, lighting, mirror) of each catalogue image embedded to fit the head;"
+            " 0 = photos only. Costs build time (one more embedding pass per view), nothing at run time."
+        ),
+    )
+
+
 class Readiness(BaseModel):
     """Limits of the readiness checklist that edge-build runs before shipping a bundle."""
 
@@ -406,6 +427,7 @@ class DeviceProfile(BaseModel):
     outbox: Outbox = Field(default_factory=Outbox, description="Store-and-forward queue.")
     metrics: Metrics = Field(default_factory=Metrics, description="Prometheus metrics endpoint.")
     routing: Routing = Field(default_factory=Routing, description="Accept / verify / unknown routing.")
+    head: HeadFit = Field(default_factory=HeadFit, description="How the recognition head is fitted at build time.")
     readiness: Readiness = Field(default_factory=Readiness, description="Readiness checklist limits.")
     health: Health = Field(default_factory=Health, description="Watchdog and stall detection.")
     security: Security = Field(default_factory=Security, description="Bundle signature policy.")

@@ -19,6 +19,7 @@ from edge_runtime.build import backbone
 from edge_runtime.build.backbone import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
+    MULTI_EMBEDDING_OUTPUT,
     build_efficientnet_lite0,
     default_checkpoint_path,
     export_default_backbone,
@@ -90,20 +91,38 @@ def test_graph_contract(exported_224: Path) -> None:
     assert model.opset_import[0].version == 17
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert (model.graph.input[0].name, dims) == (INPUT_NAME, ["N", 3, 224, 224])
-    assert [o.name for o in model.graph.output] == [EMBEDDING_OUTPUT, "logits"]
+    assert [o.name for o in model.graph.output] == [EMBEDDING_OUTPUT, "logits", MULTI_EMBEDDING_OUTPUT]
     stem = next(n for n in model.graph.node if n.name == "stem_conv")
     assert list(next(a for a in stem.attribute if a.name == "pads").ints) == [0, 0, 1, 1]
     # No leftover temporary file next to the atomic write.
     assert [p.name for p in exported_224.parent.iterdir()] == [exported_224.name]
 
 
+def test_multi_layer_embedding(exported_224: Path) -> None:
+    """The multi-layer embedding is the unit-length head embedding and two stage poolings, each a third."""
+    if not TRAIN_IMAGES.is_dir():
+        pytest.skip(f"shared images not found under {SHARED}")
+    paths = sorted(TRAIN_IMAGES.rglob("*.jpg"))[:4]
+    black = np.zeros((1, 3, 224, 224), np.float32)
+    batch = np.concatenate([prepare_batch([read_image(str(p)) for p in paths], 224), black])
+    out = _named_outputs(_session(exported_224), batch)
+    multi, head = out[MULTI_EMBEDDING_OUTPUT], out[EMBEDDING_OUTPUT]
+    assert multi.shape == (5, 1280 + 320 + 192)
+    assert np.isfinite(multi).all()
+    np.testing.assert_allclose(np.linalg.norm(multi[:4], axis=1), 1.0, atol=1e-5)
+    unit_head = head[:4] / np.linalg.norm(head[:4], axis=1, keepdims=True)
+    np.testing.assert_allclose(multi[:4, :1280] * np.sqrt(3), unit_head, atol=1e-5)
+    for part in (multi[:4, 1280:1600], multi[:4, 1600:]):
+        np.testing.assert_allclose(np.linalg.norm(part, axis=1) * np.sqrt(3), 1.0, atol=1e-5)
+
+
 def test_export_at_192(tmp_path: Path) -> None:
     out = export_default_backbone(tmp_path / "bb192.onnx", input_size=192)
     images = np.random.default_rng(0).uniform(0, 255, (2, 3, 192, 192)).astype(np.float32)
-    embedding, logits = _session(out).run(None, {INPUT_NAME: images})
+    embedding, logits, multi = _session(out).run(None, {INPUT_NAME: images})
     assert embedding.shape == (2, 1280)
     assert logits.shape == (2, 1000)
-    assert np.isfinite(embedding).all()
+    assert np.isfinite(embedding).all() and multi.shape == (2, 1792)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +135,7 @@ def test_tf_same_pads(size: int, kernel: int, stride: int, pads: list[int]) -> N
 
 def test_odd_input_size_builds(state: dict[str, np.ndarray]) -> None:
     model = build_efficientnet_lite0(state, 161)
-    embedding, _ = _session(model).run(None, {INPUT_NAME: np.zeros((1, 3, 161, 161), np.float32)})
+    embedding, _, _ = _session(model).run(None, {INPUT_NAME: np.zeros((1, 3, 161, 161), np.float32)})
     assert embedding.shape == (1, 1280)
 
 

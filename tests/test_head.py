@@ -207,3 +207,23 @@ def test_cluster_folds_hold_out_whole_clusters() -> None:
     b = rng.normal(size=DIM) + rng.normal(scale=0.01, size=(10, DIM))
     fold = cluster_folds(np.concatenate([a, b]), np.zeros(20, int), 2, seed=0)
     assert len(set(fold[:10])) == 1 and len(set(fold[10:])) == 1 and fold[0] != fold[10]
+
+
+def test_augmented_views_only_join_the_fitting_side() -> None:
+    """Exact copies as 'views' change nothing out of fold; a view leaking into its source's test fold would."""
+    rng, means, _, per = _world(seed=3, noise=2.5)  # noisy enough that held-out accuracy is far from 1
+    labels = np.repeat(np.arange(12), per)
+    x = _sample(rng, means, labels, 2.5)
+    settings = _fast()
+    _, plain = fit_head(x, labels, _skus(12), settings)
+    copies = np.tile(np.arange(len(x)), 2)
+    _, viewed = fit_head(x, labels, _skus(12), settings, x[copies], copies)
+    assert viewed["augmented_views"] == 2 * len(x) and plain["augmented_views"] == 0
+    assert plain["accuracy"]["top1_oof"] < 0.8
+    assert viewed["accuracy"]["top1_oof"] == pytest.approx(plain["accuracy"]["top1_oof"], abs=0.02)
+    # Views that are noisy copies from the same class still help or hold the held-out accuracy.
+    noisy = x[copies] + rng.normal(scale=0.3, size=(len(copies), DIM)).astype(np.float32)
+    _, helped = fit_head(x, labels, _skus(12), settings, noisy, copies)
+    assert helped["accuracy"]["top1_oof"] >= plain["accuracy"]["top1_oof"] - 0.02
+    with pytest.raises(ValueError, match="augmented views"):
+        fit_head(x, labels, _skus(12), settings, x[:5], np.array([0, 1, 2, 3, len(x)]))

@@ -116,7 +116,7 @@ def test_minimal_profile_gets_defaults(tmp_path):
     assert p.source_files == (path.resolve(),)
     assert p.device.min_headroom == pytest.approx(0.20)
     assert p.backend.table_precisions == ["fp32", "fp16", "int8"] and p.backend.allow_fallback is True
-    assert p.backend.embedding_output == "embedding" and p.backend.calibration_images == 100
+    assert p.backend.embedding_output == "auto" and p.backend.calibration_images == 100
     assert (p.cameras[0].width, p.cameras[0].height, p.cameras[0].fps) == (1280, 720, 30.0)
     assert p.regions.mode == "full" and p.regions.fixed == []
     assert p.mqtt.port == 1883 and p.mqtt.qos == 1 and p.metrics.port == 9108

@@ -52,7 +52,7 @@ def run_check(
         read_history(history)  # a bad history fails now, not after minutes of embedding
     opts = BuildOptions(profile=profile, out=out, catalogue=catalogue, model=model, seed=seed)
     opts.cache_dir = cache_dir or default_cache_dir()
-    _, backbone = load_backbone(opts, b.embedding_output)
+    _, backbone, embedding_output = load_backbone(opts, b.embedding_output)
     size = b.input_sizes[0]
 
     loaded = cat.load_catalogue(catalogue)
@@ -69,7 +69,7 @@ def run_check(
         model_path = work / f"model-fp32-{size}.onnx"
         onnx.save(make_variant(backbone, "fp32", size), str(model_path))
         log.info("embedding %d images with the fp32 model at %d px", len(labels), size)
-        embeddings = _embed(model_path, decoded, size, b.threads, b.embedding_output)
+        embeddings = _embed(model_path, decoded, size, b.threads, embedding_output)
         log.info("measuring the fp32 model's footprint in a fresh process")
         m = measure_in_subprocess(
             model_path,
@@ -77,7 +77,7 @@ def run_check(
             threads=b.threads,
             frame_bytes=frame_bytes,
             runs=runs,
-            embedding_output=b.embedding_output,
+            embedding_output=embedding_output,
         )
         model_file_mib = model_path.stat().st_size / MIB
     finally:

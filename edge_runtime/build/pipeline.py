@@ -19,6 +19,8 @@ import onnx
 from edge_runtime import __version__
 from edge_runtime.backends import create_backend, first_available
 from edge_runtime.build import catalogue as cat
+from edge_runtime.build.augment import augment_batch
+from edge_runtime.build.backbone import BACKBONE_GRAPH_VERSION, EMBEDDING_OUTPUT, MULTI_EMBEDDING_OUTPUT
 from edge_runtime.build.choose import choose, format_table, violations
 from edge_runtime.build.footprint import MIB, measure_in_subprocess
 from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
@@ -117,7 +119,9 @@ def resolve_backbone(opts: BuildOptions) -> Path:
     from edge_runtime.build.backbone import default_checkpoint_path, export_default_backbone
 
     ckpt = default_checkpoint_path()
-    target = opts.cache_dir / "backbone" / f"efficientnet_lite0-{sha256_file(ckpt)[:12]}.onnx"
+    # The graph version is in the name so a cache written by an older exporter is never reused.
+    name = f"efficientnet_lite0-{sha256_file(ckpt)[:12]}-g{BACKBONE_GRAPH_VERSION}.onnx"
+    target = opts.cache_dir / "backbone" / name
     if not target.is_file():
         log.info("exporting the default backbone (EfficientNet-Lite0) to %s", target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,17 +129,23 @@ def resolve_backbone(opts: BuildOptions) -> Path:
     return target
 
 
-def load_backbone(opts: BuildOptions, embedding_output: str) -> tuple[Path, onnx.ModelProto]:
-    """The backbone to build with (``--model`` or the default), checked for the profile's embedding output."""
+def load_backbone(opts: BuildOptions, embedding_output: str) -> tuple[Path, onnx.ModelProto, str]:
+    """The backbone to build with (``--model`` or the default) and the name of its embedding output.
+
+    ``auto`` takes the multi-layer embedding when the backbone has one (the default backbone does), else
+    ``embedding``; any other name must be an output of the model.
+    """
     path = resolve_backbone(opts)
     model = load_model(path)
     outputs = [o.name for o in model.graph.output]
+    if embedding_output == "auto":
+        embedding_output = MULTI_EMBEDDING_OUTPUT if MULTI_EMBEDDING_OUTPUT in outputs else EMBEDDING_OUTPUT
     if embedding_output not in outputs:
         raise UsageError(
             f"{path}: no output named {embedding_output!r} (outputs: {', '.join(outputs)})",
             hint="set backend.embedding_output in the profile",
         )
-    return path, model
+    return path, model, embedding_output
 
 
 def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:
@@ -169,6 +179,28 @@ def _embed(model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: 
     return np.concatenate(out)
 
 
+def _embed_views(
+    model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: int, output: str, views: int, seed: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Embeddings of ``views`` augmented views per catalogue image, and each view's source image index."""
+    if views <= 0:
+        return None, None
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed + 7919)
+    backend = create_backend("onnxruntime-cpu", model_path, threads=threads, embedding_output=output)
+    n = len(decoded.labels)
+    out = []
+    try:
+        for _ in range(views):
+            for start in range(0, n, EMBED_BATCH):
+                index = np.arange(start, min(n, start + EMBED_BATCH))
+                out.append(backend.embed(augment_batch(decoded.pixels[size][index], rng)))
+    finally:
+        backend.close()
+    log.info("embedded %d augmented views of %d images in %.1f s", views * n, n, time.perf_counter() - t0)
+    return np.concatenate(out), np.tile(np.arange(n), views)
+
+
 def _ranking_projection(feats: np.ndarray, labels: np.ndarray) -> Projection:
     """The projection used to rank variants: the head's LDA at a fixed, middle shrinkage (the full head
     chooses its own by cross-validation, which is too slow to repeat for every variant)."""
@@ -190,7 +222,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
     profile = load_profile(opts.profile)
     b = profile.backend
     catalogue_path = resolve_catalogue(opts)
-    backbone_path, backbone = load_backbone(opts, b.embedding_output)
+    backbone_path, backbone, embedding_output = load_backbone(opts, b.embedding_output)
 
     catalogue = cat.load_catalogue(catalogue_path)
     log.info("catalogue %s: %d SKUs, %d images", catalogue_path, len(catalogue.skus), len(catalogue.items))
@@ -227,7 +259,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
             model = make_variant(backbone, precision, size, calibration, scheme)  # type: ignore[arg-type]
             path = work / f"model-{variant.name}.onnx"
             onnx.save(model, str(path))
-            feats = _embed(path, decoded, size, b.threads, b.embedding_output)
+            feats = _embed(path, decoded, size, b.threads, embedding_output)
             log.info("variant %s: embedded %d images in %.1f s", variant.name, len(feats), time.perf_counter() - t0)
             if precision == "fp32":
                 fp32_feats = feats
@@ -255,6 +287,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
                     host_estimate,
                     frame_bytes,
                     opts.runs,
+                    embedding_output,
                 )
             )
 
@@ -282,8 +315,12 @@ def run_build(opts: BuildOptions) -> BuildResult:
         ood_memory_limit_bytes=int(max(0.0, limit_mib - chosen.footprint.total_mib) * MIB),
         seed=opts.seed,
     )
+    aug_emb, aug_source = _embed_views(
+        variant_files[chosen.spec.model], decoded, chosen.spec.model.input_size, b.threads, embedding_output,
+        profile.head.augment_views, opts.seed,
+    )  # fmt: skip
     log.info("fitting the recognition head (projection, calibration, OOD gate, thresholds)")
-    head, head_report = fit_head(full_feats[chosen.spec.model], labels, list(skus), settings)
+    head, head_report = fit_head(full_feats[chosen.spec.model], labels, list(skus), settings, aug_emb, aug_source)
     footprint = replace(chosen.footprint, table_mib=head.nbytes / MIB)
     if footprint.total_mib > limit_mib:
         raise BudgetError(
@@ -307,7 +344,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
         "backbone": {
             "sha256": sha256_file(backbone_path),
             "source": "default EfficientNet-Lite0" if opts.model is None else backbone_path.name,
-            "embedding_output": b.embedding_output,
+            "embedding_output": embedding_output,
         },
         "model": {
             "file": MODEL,
@@ -382,6 +419,7 @@ def _candidates_for(
     host_estimate: bool,
     frame_bytes: int,
     runs: int,
+    embedding_output: str,
 ) -> list[Candidate]:
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
@@ -391,7 +429,7 @@ def _candidates_for(
         threads=b.threads,
         frame_bytes=frame_bytes,
         runs=runs,
-        embedding_output=b.embedding_output,
+        embedding_output=embedding_output,
     )
     cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)
     proj = _ranking_projection(feats[train_idx], labels[train_idx])

@@ -46,6 +46,33 @@ class FitReport:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Views:
+    """Catalogue embeddings plus augmented views of them, each view tied to its source image."""
+
+    emb: np.ndarray  # [N, D]
+    labels: np.ndarray  # [N]
+    aug: np.ndarray  # [M, D]
+    source: np.ndarray  # [M] index into emb
+
+    @classmethod
+    def of(cls, emb: np.ndarray, labels: np.ndarray, aug: np.ndarray | None, source: np.ndarray | None) -> _Views:
+        if aug is None or source is None or len(source) == 0:
+            return cls(emb, labels, np.zeros((0, emb.shape[1]), np.float32), np.zeros(0, np.int64))
+        aug, source = np.asarray(aug, dtype=np.float32), np.asarray(source, dtype=np.int64)
+        if aug.shape != (len(source), emb.shape[1]) or source.min() < 0 or source.max() >= len(emb):
+            raise ValueError("augmented views must be [M, D] with one source index in range per row")
+        return cls(emb, labels, aug, source)
+
+    def fit_set(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The images selected by ``mask`` and every augmented view of them."""
+        extra = mask[self.source]
+        return (
+            np.concatenate([self.emb[mask], self.aug[extra]]),
+            np.concatenate([self.labels[mask], self.labels[self.source[extra]]]),
+        )
+
+
 def cluster_folds(embeddings: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold id per image: within each class, k-means clusters of look-alike images form the folds.
 
@@ -117,14 +144,30 @@ def _cos(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return feats @ centroids.T
 
 
-def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s: FitSettings) -> tuple[Head, dict]:
+def fit_head(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    skus: list[SkuInfo],
+    s: FitSettings,
+    augmented: np.ndarray | None = None,
+    aug_source: np.ndarray | None = None,
+) -> tuple[Head, dict]:
+    """Fit the head on catalogue embeddings; ``augmented`` rows are extra views of ``embeddings[aug_source]``.
+
+    Augmented views only ever join the fitting side of a split, together with their source image, and are
+    never evaluated: a view of a held-out image in the training side would leak it.
+    """
     n_classes = len(skus)
     emb = np.asarray(embeddings, dtype=np.float32)
+    views = _Views.of(emb, labels, augmented, aug_source)
     raw_centroids = class_centroids(emb, labels, n_classes)
     group_of_class, group_names, group_source = _groups(skus, raw_centroids)
     fold = cluster_folds(emb, labels, s.folds, s.seed)
     evaluated = fold >= 0
-    report: dict[str, Any] = {"groups": {"source": group_source, "count": len(group_names)}}
+    report: dict[str, Any] = {
+        "groups": {"source": group_source, "count": len(group_names)},
+        "augmented_views": len(views.source),
+    }
 
     # 1. projection: none or shrinkage LDA, by out-of-fold top-1
     candidates: list[float | None] = [None, *s.shrinkages]
@@ -135,8 +178,9 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
             train, test = fold != f, fold == f
             if not test.any():
                 continue
-            proj = _project(emb[train], labels[train], shrink)
-            cents = class_centroids(proj.apply(emb[train]), labels[train], n_classes)
+            x_fit, y_fit = views.fit_set(train)
+            proj = _project(x_fit, y_fit, shrink)
+            cents = class_centroids(proj.apply(x_fit), y_fit, n_classes)
             correct += int((_cos(proj.apply(emb[test]), cents).argmax(1) == labels[test]).sum())
         cv["none" if shrink is None else f"lda-{shrink}"] = correct / max(1, int(evaluated.sum()))
     best_name = max(cv, key=lambda k: (cv[k], k == "none"))
@@ -153,11 +197,12 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
         train, test = fold != f, fold == f
         if not test.any():
             continue
-        proj = _project(emb[train], labels[train], shrink)
+        x_fit, y_fit = views.fit_set(train)
+        proj = _project(x_fit, y_fit, shrink)
         ftrain, ftest = proj.apply(emb[train]), proj.apply(emb[test])
         if feats_oof is None:
             feats_oof = np.zeros((n, ftest.shape[1]), dtype=np.float32)
-        cos_oof[test] = _cos(ftest, class_centroids(ftrain, labels[train], n_classes))
+        cos_oof[test] = _cos(ftest, class_centroids(proj.apply(x_fit), y_fit, n_classes))
         feats_oof[test] = ftest
         per_fold.append((train, test, ftrain))
     assert feats_oof is not None, "no fold had held-out images"
@@ -192,7 +237,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
     }
 
     # 3. OOD: hold out whole SKUs, fit on the rest, measure detection at the known-retention point
-    ood_table, unknown_pool = _simulate_new_products(emb, labels, fold, group_of_class, shrink, temperature, s)
+    ood_table, unknown_pool = _simulate_new_products(views, fold, group_of_class, shrink, temperature, s)
     dim = feats_oof.shape[1]
     eligible = []
     for m in s.methods:
@@ -233,9 +278,10 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
     }
 
     # 5. final head on every catalogue image
-    proj = _project(emb, labels, shrink)
+    x_fit, y_fit = views.fit_set(np.ones(n, dtype=bool))
+    proj = _project(x_fit, y_fit, shrink)
     feats = proj.apply(emb)
-    cents = class_centroids(feats, labels, n_classes)
+    cents = class_centroids(proj.apply(x_fit), y_fit, n_classes)
     group_cents = l2_normalise(np.stack([cents[group_of_class == g].mean(0) for g in range(len(group_names))]))
     config = HeadConfig(
         temperature=temperature,
@@ -261,8 +307,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, skus: list[SkuInfo], s:
 
 
 def _simulate_new_products(
-    emb: np.ndarray,
-    labels: np.ndarray,
+    views: _Views,
     fold: np.ndarray,
     group_of_class: np.ndarray,
     shrink: float | None,
@@ -270,6 +315,7 @@ def _simulate_new_products(
     s: FitSettings,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per method: detection rate and AUROC over folds of held-out SKUs; and the held-out SKUs' predictions."""
+    emb, labels = views.emb, views.labels
     rng = np.random.default_rng(s.seed + 1)
     classes = np.unique(labels)
     n_hold = max(1, round(len(classes) * s.ood_holdout))
@@ -292,9 +338,11 @@ def _simulate_new_products(
         known_classes = np.unique(labels[train])
         remap = {c: i for i, c in enumerate(known_classes)}
         y_train = np.array([remap[c] for c in labels[train]])
-        proj = _project(emb[train], y_train, shrink)
+        x_fit, y_fit = views.fit_set(train)
+        y_fit = np.array([remap[c] for c in y_fit])
+        proj = _project(x_fit, y_fit, shrink)
         ftrain = proj.apply(emb[train])
-        cents = class_centroids(ftrain, y_train, len(known_classes))
+        cents = class_centroids(proj.apply(x_fit), y_fit, len(known_classes))
         fk, fu = proj.apply(emb[known_eval]), proj.apply(emb[is_unknown])
         ck, cu = _cos(fk, cents), _cos(fu, cents)
         sibling_of_known = np.array([sizes[group_of_class[c]] > 1 for c in labels[is_unknown]])

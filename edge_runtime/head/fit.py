@@ -18,7 +18,7 @@ import numpy as np
 from edge_runtime.head.calibration import NEVER, accept_thresholds, ece, fit_temperature, reliability, softmax
 from edge_runtime.head.model import HIERARCHICAL_MIN_SKUS, Head, HeadConfig
 from edge_runtime.head.ood import METHODS, auroc, detection_at_keep, extra_bytes, fit_ood
-from edge_runtime.head.projection import Projection, fit_lda
+from edge_runtime.head.projection import LdaScatter, Projection
 from edge_runtime.head.prototypes import PrototypeTable, class_centroids, l2_normalise
 from edge_runtime.types import Precision, SkuInfo
 
@@ -134,10 +134,20 @@ def _groups(skus: list[SkuInfo], raw_centroids: np.ndarray) -> tuple[np.ndarray,
     return labels, [f"cluster-{g:03d}" for g in range(labels.max() + 1)], "clustered"
 
 
+def _scatter(emb: np.ndarray, labels: np.ndarray) -> LdaScatter | None:
+    return LdaScatter.fit(emb, labels) if len(np.unique(labels)) >= 3 else None
+
+
+def _projection(scatter: LdaScatter | None, shrinkage: float | None, dim: int) -> Projection:
+    if shrinkage is None or scatter is None:
+        return Projection.identity(dim)
+    return scatter.projection(shrinkage)
+
+
 def _project(emb: np.ndarray, labels: np.ndarray, shrinkage: float | None) -> Projection:
-    if shrinkage is None or len(np.unique(labels)) < 3:
+    if shrinkage is None:
         return Projection.identity(emb.shape[1])
-    return fit_lda(emb, labels, shrinkage)
+    return _projection(_scatter(emb, labels), shrinkage, emb.shape[1])
 
 
 def _cos(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -171,18 +181,19 @@ def fit_head(
 
     # 1. projection: none or shrinkage LDA, by out-of-fold top-1
     candidates: list[float | None] = [None, *s.shrinkages]
-    cv: dict[str, float] = {}
-    for shrink in candidates:
-        correct = 0
-        for f in range(s.folds):
-            train, test = fold != f, fold == f
-            if not test.any():
-                continue
-            x_fit, y_fit = views.fit_set(train)
-            proj = _project(x_fit, y_fit, shrink)
+    correct = dict.fromkeys(candidates, 0)
+    scatters: dict[int, LdaScatter | None] = {}  # per fold, reused for every shrinkage and in step 2
+    for f in range(s.folds):
+        train, test = fold != f, fold == f
+        if not test.any():
+            continue
+        x_fit, y_fit = views.fit_set(train)
+        scatters[f] = _scatter(x_fit, y_fit)
+        for shrink in candidates:
+            proj = _projection(scatters[f], shrink, x_fit.shape[1])
             cents = class_centroids(proj.apply(x_fit), y_fit, n_classes)
-            correct += int((_cos(proj.apply(emb[test]), cents).argmax(1) == labels[test]).sum())
-        cv["none" if shrink is None else f"lda-{shrink}"] = correct / max(1, int(evaluated.sum()))
+            correct[shrink] += int((_cos(proj.apply(emb[test]), cents).argmax(1) == labels[test]).sum())
+    cv = {("none" if k is None else f"lda-{k}"): v / max(1, int(evaluated.sum())) for k, v in correct.items()}
     best_name = max(cv, key=lambda k: (cv[k], k == "none"))
     shrink = None if best_name == "none" else float(best_name.split("-")[1])
     report["projection"] = {"chosen": best_name, "cv_top1": {k: round(v, 4) for k, v in cv.items()}}
@@ -198,7 +209,7 @@ def fit_head(
         if not test.any():
             continue
         x_fit, y_fit = views.fit_set(train)
-        proj = _project(x_fit, y_fit, shrink)
+        proj = _projection(scatters[f], shrink, x_fit.shape[1])
         ftrain, ftest = proj.apply(emb[train]), proj.apply(emb[test])
         if feats_oof is None:
             feats_oof = np.zeros((n, ftest.shape[1]), dtype=np.float32)

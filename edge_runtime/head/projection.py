@@ -41,6 +41,58 @@ class Projection:
         return cls(arrays["proj_mean"].astype(np.float32), arrays["proj_matrix"].astype(np.float32))
 
 
+@dataclass(frozen=True)
+class LdaScatter:
+    """The shrinkage-independent part of an LDA fit: eigenvectors of the within-class scatter and the
+    weighted class means. Shrinking towards a scaled identity keeps the eigenvectors and shifts the
+    eigenvalues, so one eigendecomposition serves every shrinkage tried in cross-validation.
+    """
+
+    mean: np.ndarray  # [D] mean of the L2-normalised embeddings
+    basis: np.ndarray | None  # [r, D] data span when N < D, else None
+    evals: np.ndarray  # [D'] within-class scatter eigenvalues
+    evecs: np.ndarray  # [D', D']
+    weighted_means: np.ndarray  # [K, D'] sqrt(n_k / N) * (class mean - mean)
+    trace_scale: float  # trace(Sw) / D: the shrinkage target's scale, over all D dimensions
+    n_classes: int
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, labels: np.ndarray) -> LdaScatter:
+        x = l2_normalise(embeddings).astype(np.float64)
+        dim = x.shape[1]
+        mean = x.mean(axis=0)
+        centred_x = x - mean
+        basis = None
+        if len(x) < dim:
+            _, sing, vt = np.linalg.svd(centred_x, full_matrices=False)
+            basis = vt[sing > sing[0] * 1e-9]  # [r, D], orthonormal rows
+            centred_x = centred_x @ basis.T
+        classes = np.unique(labels)
+        n_cls = int(labels.max()) + 1
+        counts = np.bincount(labels, minlength=n_cls).astype(np.float64)
+        means = np.zeros((n_cls, centred_x.shape[1]))
+        np.add.at(means, labels, centred_x)
+        means[counts > 0] /= counts[counts > 0, None]
+        within = (centred_x - means[labels]).astype(np.float32)
+        # float32 product (half the time of float64), accumulated scatter then kept in float64.
+        sw = (within.T @ within).astype(np.float64) / len(x)
+        evals, evecs = np.linalg.eigh(sw)
+        weighted = means[classes] * np.sqrt(counts[classes] / len(x))[:, None]
+        return cls(mean, basis, evals, evecs, weighted, float(np.trace(sw) / dim), len(classes))
+
+    def projection(self, shrinkage: float, max_dim: int | None = None) -> Projection:
+        shrunk = (1.0 - shrinkage) * self.evals + shrinkage * self.trace_scale
+        whiten = self.evecs / np.sqrt(np.maximum(shrunk, 1e-12))
+        # The between-class scatter is weighted_means.T @ weighted_means (rank < K): its whitened
+        # eigenvectors are the right singular vectors of weighted_means @ whiten, a K x D' problem.
+        _, _, vt = np.linalg.svd(self.weighted_means @ whiten, full_matrices=False)
+        keep = min(self.n_classes - 1, len(self.evals), max_dim or len(self.mean), len(vt))
+        matrix = whiten @ vt[: max(1, keep)].T
+        if self.basis is not None:
+            matrix = self.basis.T @ matrix
+        return Projection(self.mean.astype(np.float32), matrix.astype(np.float32))
+
+
 def fit_lda(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float, max_dim: int | None = None) -> Projection:
     """Shrinkage LDA on L2-normalised embeddings; keeps at most ``n_classes - 1`` directions.
 
@@ -48,33 +100,4 @@ def fit_lda(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float, max_di
     exact: outside that span the shrunk within-class scatter is a multiple of the identity and the
     between-class scatter is zero, so no discriminant direction lives there.
     """
-    x = l2_normalise(embeddings).astype(np.float64)
-    classes = np.unique(labels)
-    dim = x.shape[1]
-    mean = x.mean(axis=0)
-    centred_x = x - mean
-    basis = None
-    if len(x) < dim:
-        _, sing, vt = np.linalg.svd(centred_x, full_matrices=False)
-        basis = vt[sing > sing[0] * 1e-9]  # [r, D], orthonormal rows
-        centred_x = centred_x @ basis.T
-    n_cls = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=n_cls).astype(np.float64)
-    means = np.zeros((n_cls, centred_x.shape[1]))
-    np.add.at(means, labels, centred_x)
-    means[counts > 0] /= counts[counts > 0, None]
-    within = centred_x - means[labels]
-    sw = within.T @ within / len(x)
-    # The shrinkage target is scaled by the trace over all D dimensions, as in the full problem.
-    sw = (1.0 - shrinkage) * sw + shrinkage * (np.trace(sw) / dim) * np.eye(sw.shape[0])
-    class_means = means[classes]
-    sb = class_means.T @ (class_means * counts[classes, None]) / len(x)
-    evals, evecs = np.linalg.eigh(sw)
-    whiten = evecs / np.sqrt(np.maximum(evals, 1e-12))
-    bevals, bevecs = np.linalg.eigh(whiten.T @ sb @ whiten)
-    order = np.argsort(bevals)[::-1]
-    keep = min(len(classes) - 1, sw.shape[0], max_dim or dim)
-    matrix = whiten @ bevecs[:, order[: max(1, keep)]]
-    if basis is not None:
-        matrix = basis.T @ matrix
-    return Projection(mean.astype(np.float32), matrix.astype(np.float32))
+    return LdaScatter.fit(embeddings, labels).projection(shrinkage, max_dim)

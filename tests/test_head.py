@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle import json_bytes, npz_bytes
-from edge_runtime.head.calibration import NEVER, accept_thresholds, ece, fit_temperature, precision_threshold, softmax
+from edge_runtime.head.calibration import (
+    NEVER,
+    accept_thresholds,
+    ece,
+    fit_accept_rule,
+    fit_temperature,
+    precision_threshold,
+    softmax,
+)
 from edge_runtime.head.fit import FitSettings, cluster_folds, cluster_groups, fit_head
 from edge_runtime.head.model import Head
 from edge_runtime.head.ood import METHODS, auroc, detection_at_keep, fit_ood
@@ -182,6 +190,57 @@ def test_routing_table(prob: float, thr: float, ood: float, ambiguous: bool, exp
     r, reasons = route(prob, thr, ood, 0.5, 0.15, ambiguous)
     assert r == expected
     assert (r == "accept") == (not reasons)
+
+
+def test_confident_but_unfamiliar_goes_to_verify() -> None:
+    """Inside the gate but past the accept limit: a look-alike of a known SKU is not auto-accepted."""
+    assert route(0.99, 0.9, 0.3, 0.5, 0.15, False, accept_ood_threshold=0.35) == ("accept", ())
+    r, reasons = route(0.99, 0.9, 0.4, 0.5, 0.15, False, accept_ood_threshold=0.35)
+    assert r == "verify" and reasons == ("ood score 0.400 over the accept limit 0.350",)
+    assert route(0.99, 0.9, 0.6, 0.5, 0.15, False, accept_ood_threshold=0.35)[0] == "unknown"
+
+
+def test_accept_rule_stops_new_products_with_one_limit_for_all_classes() -> None:
+    """New products arrive confident (as a sibling of some SKU) but further out than known images. Class
+    thresholds alone cannot stop them; the cross-fitted OOD limit does, and the precision holds out of sample."""
+    rng = np.random.default_rng(11)
+    k, n_known, n_new_skus, per_new = 20, 2000, 40, 10
+    group = np.arange(k) // 4
+    pred_k = rng.integers(0, k, n_known)
+    correct_k = rng.random(n_known) < 0.9
+    conf_k = np.where(correct_k, rng.uniform(0.6, 1.0, n_known), rng.uniform(0.3, 0.8, n_known))
+    margin_k = -rng.uniform(0.0, 1.0, n_known)  # inside the gate, spread evenly
+    new_sku = np.repeat(np.arange(n_new_skus), per_new)
+    pred_u = rng.integers(0, k, n_new_skus)[new_sku]  # each new product looks like one known SKU
+    conf_u = rng.uniform(0.85, 1.0, len(new_sku))
+    margin_u = -rng.uniform(0.0, 0.35, len(new_sku))  # close to the gate: unfamiliar
+    w_u = (0.1 / 0.9) * n_known / len(new_sku)
+
+    def rows(mask_k: np.ndarray, mask_u: np.ndarray):
+        n_u = int(mask_u.sum())
+        return (
+            np.concatenate([pred_k[mask_k], pred_u[mask_u]]),
+            np.concatenate([conf_k[mask_k], conf_u[mask_u]]),
+            np.concatenate([correct_k[mask_k], np.zeros(n_u, bool)]),
+            np.concatenate([margin_k[mask_k], margin_u[mask_u]]),
+            np.concatenate([np.ones(int(mask_k.sum())), np.full(n_u, w_u)]),
+            np.concatenate([np.arange(n_known)[mask_k] % 200, 1000 + new_sku[mask_u]]),
+            np.concatenate([np.zeros(int(mask_k.sum()), bool), np.ones(n_u, bool)]),
+        )
+
+    fit_k = np.arange(n_known) % 2 == 0
+    fit_u = new_sku % 2 == 0
+    rule = fit_accept_rule(*rows(fit_k, fit_u), group, 0.98, min_support=10)
+    assert 0.3 <= rule.gate_keep < 1.0 and rule.ood_margin < -0.3
+    assert rule.crossfit_precision >= 0.98
+    # Fresh rows: other known images and other new products.
+    pred, conf, ok, margin, w, _, unknown = rows(~fit_k, ~fit_u)
+    acc = (conf >= rule.thresholds.values[pred]) & (margin <= rule.ood_margin)
+    precision = (w * (acc & ok)).sum() / (w * acc).sum()
+    assert precision >= 0.975 and acc[~unknown].mean() > 0.3
+    # Without the limit the class thresholds alone let the new products through.
+    plain = conf >= rule.thresholds.values[pred]
+    assert (w * (plain & ok)).sum() / (w * plain).sum() < 0.95
 
 
 @pytest.mark.parametrize("table_precision", ["fp32", "fp16", "int8"])

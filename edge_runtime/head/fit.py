@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.head.calibration import NEVER, accept_thresholds, ece, fit_temperature, reliability, softmax
+from edge_runtime.head.calibration import (
+    NEVER,
+    ece,
+    fit_accept_rule,
+    fit_temperature,
+    reliability,
+    softmax,
+)
 from edge_runtime.head.model import HIERARCHICAL_MIN_SKUS, Head, HeadConfig
 from edge_runtime.head.ood import METHODS, auroc, detection_at_keep, extra_bytes, fit_ood
 from edge_runtime.head.projection import LdaScatter, Projection
@@ -265,21 +272,37 @@ def fit_head(
 
     # 4. accept thresholds on known (gated) + simulated unknowns that slip through the gate
     passed = ood_oof[method][evaluated] <= ood_threshold
-    u_pred, u_conf, u_margin = unknown_pool[method]
+    u_pred, u_conf, u_margin, u_sku = unknown_pool[method]
     u_pass = u_margin <= 0  # passed the gate calibrated in its own fold
     n_known = int(evaluated.sum())
     w_unknown = (s.unknown_share / (1 - s.unknown_share)) * n_known / max(1, len(u_pred)) if len(u_pred) else 0.0
+    n_unk = int(u_pass.sum())
     t_pred = np.concatenate([pred[passed], u_pred[u_pass]])
     t_conf = np.concatenate([conf[passed], u_conf[u_pass]])
-    t_ok = np.concatenate([correct[passed], np.zeros(int(u_pass.sum()), bool)])
-    t_w = np.concatenate([np.ones(int(passed.sum())), np.full(int(u_pass.sum()), w_unknown)])
-    thr = accept_thresholds(t_pred, t_conf, t_ok, t_w, group_of_class, s.accept_precision, s.min_support)
-    acc_k = passed & (conf >= thr.values[pred])
-    acc_u = u_pass & (u_conf >= thr.values[u_pred])
+    t_ok = np.concatenate([correct[passed], np.zeros(n_unk, bool)])
+    t_margin = np.concatenate([ood_oof[method][evaluated][passed] - ood_threshold, u_margin[u_pass]])
+    t_w = np.concatenate([np.ones(int(passed.sum())), np.full(n_unk, w_unknown)])
+    t_unknown = np.concatenate([np.zeros(int(passed.sum()), bool), np.ones(n_unk, bool)])
+    # Independence units for cross-fitting: a look-alike cluster of one SKU, or one simulated new product.
+    t_unit = np.concatenate([(labels * s.folds + fold)[evaluated][passed], n_classes * s.folds + u_sku[u_pass]])
+    rule = fit_accept_rule(
+        t_pred, t_conf, t_ok, t_margin, t_w, t_unit, t_unknown, group_of_class, s.accept_precision, s.min_support,
+        seed=s.seed,
+    )  # fmt: skip
+    thr = rule.thresholds
+    accept_ood_threshold = ood_threshold + rule.ood_margin
+    acc_k = passed & (conf >= thr.values[pred]) & (ood_oof[method][evaluated] <= accept_ood_threshold)
+    acc_u = u_pass & (u_conf >= thr.values[u_pred]) & (u_margin <= rule.ood_margin)
     tp = float((acc_k & correct).sum())
     fp = float((acc_k & ~correct).sum()) + w_unknown * float(acc_u.sum())
     report["routing"] = {
         "accept_precision_target": s.accept_precision,
+        "class_threshold_target": rule.internal_target,
+        "accept_ood_threshold": accept_ood_threshold,
+        "accept_gate_keep": rule.gate_keep,
+        "accepted_precision_crossfit": rule.crossfit_precision,
+        "known_auto_accepted_crossfit": rule.crossfit_known_accepted,
+        "crossfit_table": rule.table,
         "threshold_levels": {lvl: thr.levels.count(lvl) for lvl in ("class", "group", "global")},
         "never_accepted_classes": int((thr.values >= NEVER).sum()),
         "known_auto_accepted": round(float(acc_k.mean()), 4),
@@ -287,6 +310,11 @@ def fit_head(
         "unknowns_accepted": round(float(acc_u.mean()), 4) if len(acc_u) else None,
         "unknown_share_assumed": s.unknown_share,
     }
+    log.info(
+        "head: accept rule class thresholds at %.4f, OOD accept limit keeps %.0f%%: cross-fitted precision %.3f with"
+        " new products, %.0f%% of known images auto-accepted", rule.internal_target, 100 * rule.gate_keep,
+        rule.crossfit_precision, 100 * rule.crossfit_known_accepted,
+    )  # fmt: skip
 
     # 5. final head on every catalogue image
     x_fit, y_fit = views.fit_set(np.ones(n, dtype=bool))
@@ -298,6 +326,7 @@ def fit_head(
         temperature=temperature,
         ood_method=method,
         ood_threshold=ood_threshold,
+        accept_ood_threshold=accept_ood_threshold,
         accept_thresholds=thr.values,
         threshold_levels=thr.levels,
         verify_band=s.verify_band,
@@ -324,7 +353,7 @@ def _simulate_new_products(
     shrink: float | None,
     temperature: float,
     s: FitSettings,
-) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, ...]]]:
     """Per method: detection rate and AUROC over folds of held-out SKUs; and the held-out SKUs' predictions."""
     emb, labels = views.emb, views.labels
     rng = np.random.default_rng(s.seed + 1)
@@ -334,7 +363,7 @@ def _simulate_new_products(
     det: dict[str, list[float]] = {m: [] for m in s.methods}
     auc: dict[str, list[float]] = {m: [] for m in s.methods}
     sib: dict[str, list[float]] = {m: [] for m in s.methods}
-    pool: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {m: [] for m in s.methods}
+    pool: dict[str, list[tuple[np.ndarray, ...]]] = {m: [] for m in s.methods}
     # Every SKU is held out exactly once: each class's accept threshold then knows what happens when a
     # look-alike of it is a new product. (A few random folds protect only the classes they happen to hit.)
     order = rng.permutation(classes)
@@ -367,7 +396,7 @@ def _simulate_new_products(
             if sibling_of_known.any():
                 sib[m].append(float((su[sibling_of_known] > threshold).mean()))
             # Map predictions back to catalogue class ids for the threshold calibration.
-            pool[m].append((known_classes[pu.argmax(1)], pu.max(1), su - threshold))
+            pool[m].append((known_classes[pu.argmax(1)], pu.max(1), su - threshold, labels[is_unknown]))
     table = {
         m: {
             "detection": round(float(np.mean(det[m])), 4),
@@ -382,8 +411,6 @@ def _simulate_new_products(
     # OOD scores in the pool are stored as margins over their own fold's threshold.
     merged = {}
     for m in s.methods:
-        preds = np.concatenate([p for p, _, _ in pool[m]]) if pool[m] else np.zeros(0, np.int64)
-        confs = np.concatenate([c for _, c, _ in pool[m]]) if pool[m] else np.zeros(0)
-        margins = np.concatenate([d for _, _, d in pool[m]]) if pool[m] else np.zeros(0)
-        merged[m] = (preds, confs, margins)
+        columns = zip(*pool[m], strict=True) if pool[m] else ([np.zeros(0, np.int64)], [np.zeros(0)]) * 2
+        merged[m] = tuple(np.concatenate(list(c)) for c in columns)
     return table, merged

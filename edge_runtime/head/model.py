@@ -29,6 +29,9 @@ class HeadConfig:
     accept_thresholds: np.ndarray  # [K]
     threshold_levels: list[str]  # [K] "class" | "group" | "global"
     verify_band: float
+    # An accepted region must also be this far inside the gate: new products pass the gate as look-alikes of a
+    # known SKU, and no class threshold knows which SKU the next one will resemble. None = the gate itself.
+    accept_ood_threshold: float | None = None
     top_k: int = 5
     search: str = "flat"  # "flat" | "hierarchical"
     top_groups: int = 3
@@ -98,6 +101,7 @@ class Head:
                 self.config.ood_threshold,
                 self.config.verify_band,
                 ambiguous,
+                self.config.accept_ood_threshold,
             )
             sku = self.skus[best]
             known = r != "unknown"
@@ -135,7 +139,7 @@ class Head:
             else "prototypes",
             "table_precision": self.table.precision,
             "temperature": c.temperature,
-            "ood": {"method": c.ood_method, "threshold": c.ood_threshold},
+            "ood": {"method": c.ood_method, "threshold": c.ood_threshold, "accept_threshold": c.accept_ood_threshold},
             "verify_band": c.verify_band,
             "top_k": c.top_k,
             "search": c.search,
@@ -165,6 +169,9 @@ class Head:
             temperature=float(doc["temperature"]),
             ood_method=str(doc["ood"]["method"]),
             ood_threshold=float(doc["ood"]["threshold"]),
+            accept_ood_threshold=(
+                None if doc["ood"].get("accept_threshold") is None else float(doc["ood"]["accept_threshold"])
+            ),
             accept_thresholds=np.array(
                 [NEVER if t["threshold"] is None else float(t["threshold"]) for t in thresholds]
             ),

@@ -577,10 +577,12 @@ def _head_lines(h: dict[str, Any]) -> list[str]:
         f"- calibration: temperature {cal['temperature']:.4f}, ECE {cal['ece_before']:.3f} before, "
         f"{cal['ece_after']:.3f} after (15 bins)",
         f"- OOD gate: {ood['chosen']}, threshold {ood['threshold']:.4f} keeps {ood['keep']:.0%} of known images",
-        f"- accept thresholds for precision {rt['accept_precision_target']}: levels {rt['threshold_levels']}, "
-        f"{rt['never_accepted_classes']} class(es) never auto-accepted; {rt['known_auto_accepted']:.1%} of known "
-        f"images auto-accepted, accepted precision {rt['accepted_precision_with_unknowns']} with "
-        f"{rt['unknown_share_assumed']:.0%} simulated new products in the stream",
+        f"- accept rule for precision {rt['accept_precision_target']}: class thresholds fitted at "
+        f"{rt['class_threshold_target']} (levels {rt['threshold_levels']}, {rt['never_accepted_classes']} class(es) "
+        f"never auto-accepted) and an OOD accept limit {rt['accept_ood_threshold']:.4f} that keeps "
+        f"{rt['accept_gate_keep']:.0%} of gated known images; cross-fitted on unseen halves: precision "
+        f"{rt['accepted_precision_crossfit']} with {rt['unknown_share_assumed']:.0%} simulated new products in the "
+        f"stream, {rt['known_auto_accepted_crossfit']:.1%} of known images auto-accepted",
         "",
         "| OOD method | detection at keep | AUROC | siblings | extra bytes |",
         "|---|---|---|---|---|",

@@ -79,6 +79,10 @@ def test_well_separated_classes_are_accepted_and_a_new_one_is_unknown() -> None:
     assert np.mean([d.route == "unknown" for d in unseen]) > 0.8
     assert all(d.sku is None for d in unseen if d.route == "unknown")
     assert report["ood"]["chosen"] in METHODS and report["ood"]["methods"][report["ood"]["chosen"]]["detection"] > 0.8
+    # One-standard-error rule: the chosen method is within one standard error of the best one.
+    rows, best = report["ood"]["methods"], report["ood"]["best_detection"]
+    se = rows[best]["detection_std"] / np.sqrt(rows[best]["folds"])
+    assert rows[report["ood"]["chosen"]]["detection"] >= rows[best]["detection"] - se
 
 
 def test_near_duplicate_pair_is_not_auto_accepted_wrongly() -> None:

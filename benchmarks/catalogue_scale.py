@@ -149,7 +149,8 @@ def main() -> int:
                 flush=True,
             )
             del flat, hier
-    print("(ms per region, median; x8 = per region in calls of 8 regions; head MiB includes the 1280x1280 projection)")
+    d = args.dim
+    print(f"(ms per region, median; x8 = per region in calls of 8 regions; head MiB includes the {d}x{d} projection)")
     at10k = [r for r in rows if r[0] == 10_000]
     for _, precision, f1, h1 in at10k:
         best = min(f1, h1)

@@ -169,13 +169,27 @@ def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:
     return here, bool(reasons), "; ".join(reasons)
 
 
-def _embed(model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: int, output: str) -> np.ndarray:
+def _embed(
+    model_path: Path,
+    decoded: cat.DecodedCatalogue,
+    size: int,
+    threads: int,
+    output: str,
+    views: int = 0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Embeddings of every catalogue image; with ``rng``, of ``views`` random augmented views of each, view-major."""
     backend = create_backend("onnxruntime-cpu", model_path, threads=threads, embedding_output=output)
     n = len(decoded.labels)
     out = []
-    for start in range(0, n, EMBED_BATCH):
-        out.append(backend.embed(decoded.batch(size, np.arange(start, min(n, start + EMBED_BATCH)))))
-    backend.close()
+    try:
+        for _ in range(max(1, views) if rng is not None else 1):
+            for start in range(0, n, EMBED_BATCH):
+                index = np.arange(start, min(n, start + EMBED_BATCH))
+                batch = decoded.batch(size, index) if rng is None else augment_batch(decoded.pixels[size][index], rng)
+                out.append(backend.embed(batch))
+    finally:
+        backend.close()
     return np.concatenate(out)
 
 
@@ -186,19 +200,10 @@ def _embed_views(
     if views <= 0:
         return None, None
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed + 7919)
-    backend = create_backend("onnxruntime-cpu", model_path, threads=threads, embedding_output=output)
     n = len(decoded.labels)
-    out = []
-    try:
-        for _ in range(views):
-            for start in range(0, n, EMBED_BATCH):
-                index = np.arange(start, min(n, start + EMBED_BATCH))
-                out.append(backend.embed(augment_batch(decoded.pixels[size][index], rng)))
-    finally:
-        backend.close()
+    emb = _embed(model_path, decoded, size, threads, output, views, np.random.default_rng(seed + 7919))
     log.info("embedded %d augmented views of %d images in %.1f s", views * n, n, time.perf_counter() - t0)
-    return np.concatenate(out), np.tile(np.arange(n), views)
+    return emb, np.tile(np.arange(n), views)
 
 
 def _ranking_projection(feats: np.ndarray, labels: np.ndarray) -> Projection:

@@ -221,10 +221,11 @@ def fit_head(
             continue
         x_fit, y_fit = views.fit_set(train)
         proj = _projection(scatters[f], shrink, x_fit.shape[1])
-        ftrain, ftest = proj.apply(emb[train]), proj.apply(emb[test])
+        f_fit, ftest = proj.apply(x_fit), proj.apply(emb[test])
+        ftrain = f_fit[: int(train.sum())]  # fit_set puts the selected images first, their views after
         if feats_oof is None:
             feats_oof = np.zeros((n, ftest.shape[1]), dtype=np.float32)
-        cos_oof[test] = _cos(ftest, class_centroids(proj.apply(x_fit), y_fit, n_classes))
+        cos_oof[test] = _cos(ftest, class_centroids(f_fit, y_fit, n_classes))
         feats_oof[test] = ftest
         per_fold.append((train, test, ftrain))
     assert feats_oof is not None, "no fold had held-out images"
@@ -338,8 +339,9 @@ def fit_head(
     # 5. final head on every catalogue image
     x_fit, y_fit = views.fit_set(np.ones(n, dtype=bool))
     proj = _project(x_fit, y_fit, shrink)
-    feats = proj.apply(emb)
-    cents = class_centroids(proj.apply(x_fit), y_fit, n_classes)
+    f_fit = proj.apply(x_fit)
+    feats = f_fit[:n]  # every image, then the views
+    cents = class_centroids(f_fit, y_fit, n_classes)
     group_cents = l2_normalise(np.stack([cents[group_of_class == g].mean(0) for g in range(len(group_names))]))
     config = HeadConfig(
         temperature=temperature,
@@ -400,8 +402,9 @@ def _simulate_new_products(
         x_fit, y_fit = views.fit_set(train)
         y_fit = np.array([remap[c] for c in y_fit])
         proj = _project(x_fit, y_fit, shrink)
-        ftrain = proj.apply(emb[train])
-        cents = class_centroids(proj.apply(x_fit), y_fit, len(known_classes))
+        f_fit = proj.apply(x_fit)
+        ftrain = f_fit[: int(train.sum())]  # fit_set puts the selected images first, their views after
+        cents = class_centroids(f_fit, y_fit, len(known_classes))
         fk, fu = proj.apply(emb[known_eval]), proj.apply(emb[is_unknown])
         ck, cu = _cos(fk, cents), _cos(fu, cents)
         sibling_of_known = np.array([sizes[group_of_class[c]] > 1 for c in labels[is_unknown]])

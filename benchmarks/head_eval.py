@@ -61,14 +61,12 @@ def _embed(model: Path, size: int, paths: list[Path], output: str, views: int = 
     """Embeddings of the images, or (views > 0) of that many augmented views of each, as edge-build makes them."""
     backend = create_backend("onnxruntime-cpu", model, threads=0, embedding_output=output)
     rng = np.random.default_rng(1)
-    out = []
-    for _ in range(max(1, views)):
-        for i in range(0, len(paths), 32):
-            batch = prepare_batch([read_image(str(p)) for p in paths[i : i + 32]], size)
-            if views:
-                batch = augment_batch(batch.astype(np.uint8), rng)
-            out.append(backend.embed(batch))
-    return np.concatenate(out)
+    per_view: list[list[np.ndarray]] = [[] for _ in range(max(1, views))]
+    for i in range(0, len(paths), 32):
+        batch = prepare_batch([read_image(str(p)) for p in paths[i : i + 32]], size)  # decoded once for all views
+        for chunks in per_view:
+            chunks.append(backend.embed(augment_batch(batch.astype(np.uint8), rng) if views else batch))
+    return np.concatenate([np.concatenate(chunks) for chunks in per_view])  # view-major, like edge-build
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ from edge_runtime.backends import create_backend
 from edge_runtime.build.augment import augment_batch
 from edge_runtime.build.pipeline import BuildOptions, run_build
 from edge_runtime.bundle import load_bundle
+from edge_runtime.features import head_input
 from edge_runtime.head.calibration import ece, softmax
 from edge_runtime.head.fit import FitSettings, fit_head
 from edge_runtime.head.model import load_head
@@ -57,15 +58,17 @@ def _classes() -> dict[int, tuple[str, str]]:
         }
 
 
-def _embed(model: Path, size: int, paths: list[Path], output: str, views: int = 0) -> np.ndarray:
-    """Embeddings of the images, or (views > 0) of that many augmented views of each, as edge-build makes them."""
+def _embed(model: Path, size: int, paths: list[Path], output: str, colour: float, views: int = 0) -> np.ndarray:
+    """The head's input for the images, or (views > 0) for that many augmented views of each, as edge-build
+    makes them (embedding, plus the colour descriptor when the head reads it)."""
     backend = create_backend("onnxruntime-cpu", model, threads=0, embedding_output=output)
     rng = np.random.default_rng(1)
     per_view: list[list[np.ndarray]] = [[] for _ in range(max(1, views))]
     for i in range(0, len(paths), 32):
         batch = prepare_batch([read_image(str(p)) for p in paths[i : i + 32]], size)  # decoded once for all views
         for chunks in per_view:
-            chunks.append(backend.embed(augment_batch(batch.astype(np.uint8), rng) if views else batch))
+            pixels = augment_batch(batch.astype(np.uint8), rng) if views else batch
+            chunks.append(head_input(backend.embed(pixels), pixels, colour))
     return np.concatenate([np.concatenate(chunks) for chunks in per_view])  # view-major, like edge-build
 
 
@@ -107,7 +110,8 @@ def main() -> int:
     # ---- 1. the shipped bundle on val --------------------------------------------------------------------
     val_paths = [p for p, _, _ in val]
     val_y = np.array([codes.index(code_of[f]) for _, f, _ in val])
-    val_emb = _embed(bundle.path("model.onnx"), size, val_paths, output)
+    colour = head.config.colour_weight
+    val_emb = _embed(bundle.path("model.onnx"), size, val_paths, output, colour)
     decisions = head.decide(val_emb)
     pred = np.array([codes.index(d.top_k[0][0]) for d in decisions])
     conf = np.array([d.score for d in decisions])
@@ -119,6 +123,7 @@ def main() -> int:
         f"build: {m['variant']['variant']} in {build_s:.0f} s; head {m['head']['projection']['chosen']}, "
         f"OOD {m['head']['ood']['chosen']}, T={m['head']['calibration']['temperature']:.4f}"
     )
+    print(f"colour descriptor: {m['head'].get('colour')}")
     print(
         f"val ({len(val)} images, {len(set(val_y))} classes): fine top-1 {np.mean(pred == val_y):.4f}, "
         f"group top-1 {np.mean(groups[pred] == groups[val_y]):.4f}"
@@ -137,9 +142,9 @@ def main() -> int:
     # ---- 2. new products: hold out SKUs, refit the head on the rest -------------------------------------
     train_paths = [p for p, _, _ in train]
     train_y = np.array([codes.index(code_of[f]) for _, f, _ in train])
-    train_emb = _embed(bundle.path("model.onnx"), size, train_paths, output)
+    train_emb = _embed(bundle.path("model.onnx"), size, train_paths, output, colour)
     views = int(m["head"].get("augmented_views", 0)) // len(train_paths)
-    aug_emb = _embed(bundle.path("model.onnx"), size, train_paths, output, views) if views else None
+    aug_emb = _embed(bundle.path("model.onnx"), size, train_paths, output, colour, views) if views else None
     aug_y = np.tile(train_y, views)
     rng = np.random.default_rng(0)
     n_hold = max(1, round(0.1 * len(codes)))
@@ -153,7 +158,7 @@ def main() -> int:
         remap = {int(c): i for i, c in enumerate(known)}
         keep_tr = np.isin(train_y, known)
         skus = [SkuInfo(head.skus[c].code, head.skus[c].name, head.skus[c].group) for c in known]
-        settings = FitSettings(shrinkages=shrinkages, seed=fold)
+        settings = FitSettings(shrinkages=shrinkages, seed=fold, colour_weight=colour)
         keep_aug = np.isin(aug_y, known)
         sub, _ = fit_head(
             train_emb[keep_tr],

@@ -36,6 +36,7 @@ from _common import broker, demo_bundle, demo_video, machine_line
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.bundle import load_bundle
+from edge_runtime.features import head_input
 from edge_runtime.head.model import load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.run.outbox import Outbox
@@ -151,7 +152,10 @@ def naive_fps(bundle_dir: Path, video: Path, port: int | None, warmup: int) -> t
                     break
                 regions = finder.find(frame)
                 views = [crop(frame, r) for r in regions]
-                decisions = head.decide(backend.embed(prepare_batch(views, backend.input_size))) if views else []
+                decisions = []
+                if views:
+                    batch = prepare_batch(views, backend.input_size)
+                    decisions = head.decide(head_input(backend.embed(batch), batch, head.config.colour_weight))
                 messages: list[tuple[str, dict[str, Any]]] = [
                     (
                         "results",

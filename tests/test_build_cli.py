@@ -66,6 +66,10 @@ def test_build_writes_a_verified_bundle(
     assert {r["precision"] for r in m["decision_table"]} == {"fp32", "int8"}
     assert m["footprint"]["total_mib"] <= 1024 * 0.8 and 0 < m["headroom"] < 1
     assert m["measurement"]["host_estimate"] is False
+    colour = m["head"]["colour"]  # auto: measured both ways on the held-out split, the reason recorded
+    assert colour["setting"] == "auto" and {"top1_with", "top1_without", "used"} <= set(colour)
+    head_doc = bundle.read_json("head.json")
+    assert head_doc["input"]["colour_weight"] == (colour["weight"] if colour["used"] else 0.0)
     labels = bundle.read_json("labels.json")
     table = PrototypeTable.from_arrays(bundle.read_arrays("prototypes.npz"))
     assert len(table) == len(labels) == len(load_catalogue(small_catalogue).skus)

@@ -63,10 +63,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         f'[regions]\nmode = "fixed"\nfixed = {BOXES}\n'
         f"[mqtt]\ncrop_max_side = {CROP_CAP}\njpeg_quality = 70\n"
         "[metrics]\nport = 0\n"
+        # Colour forced on, so every run test goes through the composed head input as well.
+        '[head]\ncolour = "on"\n'
     )
     args = ["--profile", str(profile), "--catalogue", str(catalogue), "--model", str(model)]
     code = build_main([*args, "--out", str(root / "out"), "--runs", "3", "-q"])
     assert code == 0
+    assert json.loads((root / "out" / "bundle" / "head.json").read_text())["input"]["colour_weight"] > 0
     video = generate_demo_video(root / "video.mp4", seed=1, seconds=VIDEO_FRAMES / 10, fps=10, size=FRAME_SIZE)
     folder = root / "images"
     folder.mkdir()

@@ -13,21 +13,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edge_runtime.build import catalogue as cat
 from edge_runtime.build.footprint import MIB, measure_in_subprocess
 from edge_runtime.build.pipeline import (
     FRAME_QUEUE_DEPTH,
+    HOLDOUT_FOLDS,
     BuildOptions,
     _embed,
+    catalogue_colour,
+    choose_colour,
     default_cache_dir,
     load_backbone,
     measurement_backend,
 )
 from edge_runtime.build.quantize import make_variant
 from edge_runtime.build.readiness import ReadinessReport, read_history, run_readiness, write_report
-from edge_runtime.head.fit import FitSettings, fit_head
+from edge_runtime.features import compose
+from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
 from edge_runtime.profile import load_profile
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,13 @@ def run_check(
 
     budget = float(prof.device.memory_budget_mib)
     limit_mib = budget * (1.0 - prof.device.min_headroom)
+    colour = catalogue_colour(decoded, size) if prof.head.colour != "off" else None
+    fold = cluster_folds(embeddings, labels, HOLDOUT_FOLDS, seed)
+    held_in, held_out = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+    colour_weight, colour_report = choose_colour(
+        prof.head.colour, embeddings, colour, labels, held_in, held_out, len(skus)
+    )
+    embeddings = compose(embeddings, colour, colour_weight)
     r = prof.routing
     settings = FitSettings(
         accept_precision=r.accept_precision,
@@ -95,9 +107,11 @@ def run_check(
         table_precision="fp32",
         ood_memory_limit_bytes=int(max(0.0, limit_mib - m.peak_rss_mib - m.gpu_mib) * MIB),
         seed=seed,
+        colour_weight=colour_weight,
     )
     log.info("fitting the recognition head")
     head, head_report = fit_head(embeddings, labels, skus, settings)
+    head_report["colour"] = colour_report
     head_mib = head.nbytes / MIB
     footprint = m.peak_rss_mib + m.gpu_mib + head_mib
     frames_mib = frame_bytes / MIB

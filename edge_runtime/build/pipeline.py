@@ -40,6 +40,7 @@ from edge_runtime.bundle import (
     write_bundle,
 )
 from edge_runtime.errors import BudgetError, ReadinessError, UsageError
+from edge_runtime.features import COLOUR_BINS, COLOUR_DIM, COLOUR_WEIGHT, colour_descriptor, compose, head_input
 from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
 from edge_runtime.head.model import Head
 from edge_runtime.head.projection import Projection, fit_lda
@@ -177,8 +178,12 @@ def _embed(
     output: str,
     views: int = 0,
     rng: np.random.Generator | None = None,
+    colour_weight: float = 0.0,
 ) -> np.ndarray:
-    """Embeddings of every catalogue image; with ``rng``, of ``views`` random augmented views of each, view-major."""
+    """Embeddings of every catalogue image; with ``rng``, of ``views`` random augmented views of each, view-major.
+
+    With a colour weight, each row is the head's input: the embedding followed by the colour of the same pixels.
+    """
     backend = create_backend("onnxruntime-cpu", model_path, threads=threads, embedding_output=output)
     n = len(decoded.labels)
     out = []
@@ -187,21 +192,67 @@ def _embed(
             for start in range(0, n, EMBED_BATCH):
                 index = np.arange(start, min(n, start + EMBED_BATCH))
                 batch = decoded.batch(size, index) if rng is None else augment_batch(decoded.pixels[size][index], rng)
-                out.append(backend.embed(batch))
+                out.append(head_input(backend.embed(batch), batch, colour_weight))
     finally:
         backend.close()
     return np.concatenate(out)
 
 
+def catalogue_colour(decoded: cat.DecodedCatalogue, size: int) -> np.ndarray:
+    """Colour descriptors of every catalogue image as the backbone sees it at ``size``."""
+    n = len(decoded.labels)
+    chunks = [np.arange(s, min(n, s + EMBED_BATCH)) for s in range(0, n, EMBED_BATCH)]
+    return np.concatenate([colour_descriptor(decoded.batch(size, index)) for index in chunks])
+
+
+def choose_colour(
+    setting: str,
+    feats: np.ndarray,
+    colour: np.ndarray | None,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    eval_idx: np.ndarray,
+    n_classes: int,
+) -> tuple[float, dict[str, Any]]:
+    """The colour weight the head will read, and why: ``auto`` keeps colour when it raises held-out top-1."""
+    report: dict[str, Any] = {"setting": setting, "bins": list(COLOUR_BINS)}
+    if setting == "off" or colour is None or len(eval_idx) == 0:
+        report["used"] = False
+        return 0.0, report
+    top1 = {}
+    for name, weight in (("without", 0.0), ("with", COLOUR_WEIGHT)):
+        x = compose(feats, colour, weight)
+        proj = _ranking_projection(x[train_idx], labels[train_idx])
+        cents = class_centroids(proj.apply(x[train_idx]), labels[train_idx], n_classes)
+        top1[name], _ = _top1(PrototypeTable.from_float(cents, "fp32"), proj.apply(x[eval_idx]), labels[eval_idx])
+        report[f"top1_{name}"] = round(top1[name], 4)
+    # One held-out image's worth of gain is not evidence; colour must win by more than that.
+    used = setting == "on" or top1["with"] > top1["without"] + 1.0 / len(eval_idx)
+    report["used"] = used
+    report["weight"] = COLOUR_WEIGHT if used else 0.0
+    log.info(
+        "colour descriptor: held-out top-1 %.1f%% with, %.1f%% without -> %s",
+        100 * top1["with"], 100 * top1["without"], "used" if used else "not used",
+    )  # fmt: skip
+    return (COLOUR_WEIGHT if used else 0.0), report
+
+
 def _embed_views(
-    model_path: Path, decoded: cat.DecodedCatalogue, size: int, threads: int, output: str, views: int, seed: int
+    model_path: Path,
+    decoded: cat.DecodedCatalogue,
+    size: int,
+    threads: int,
+    output: str,
+    views: int,
+    seed: int,
+    colour_weight: float = 0.0,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Embeddings of ``views`` augmented views per catalogue image, and each view's source image index."""
     if views <= 0:
         return None, None
     t0 = time.perf_counter()
     n = len(decoded.labels)
-    emb = _embed(model_path, decoded, size, threads, output, views, np.random.default_rng(seed + 7919))
+    emb = _embed(model_path, decoded, size, threads, output, views, np.random.default_rng(seed + 7919), colour_weight)
     log.info("embedded %d augmented views of %d images in %.1f s", views * n, n, time.perf_counter() - t0)
     return emb, np.tile(np.arange(n), views)
 
@@ -251,10 +302,13 @@ def run_build(opts: BuildOptions) -> BuildResult:
     work.mkdir(parents=True, exist_ok=True)
     candidates: list[Candidate] = []
     variant_files: dict[ModelVariant, Path] = {}
-    full_feats: dict[ModelVariant, np.ndarray] = {}
+    full_feats: dict[ModelVariant, np.ndarray] = {}  # the head's input: embeddings (+ colour)
     precisions = list(b.precisions)
+    colour_weight: float | None = None  # decided on the first fp32 embedding
+    colour_report: dict[str, Any] = {}
     for size in b.input_sizes:
         fp32_feats: np.ndarray | None = None
+        colour = catalogue_colour(decoded, size) if profile.head.colour != "off" else None
         # fp32 first: every other precision is compared with it at the same input size.
         for precision in sorted(set(precisions) | {"fp32"}, key=["fp32", "fp16", "int8"].index):
             variant = ModelVariant(precision, size)  # type: ignore[arg-type]
@@ -272,17 +326,23 @@ def run_build(opts: BuildOptions) -> BuildResult:
                 # Held-out images are whole clusters of look-alikes, not random siblings of training images.
                 fold = cluster_folds(feats, labels, HOLDOUT_FOLDS, opts.seed)
                 split = (np.flatnonzero(fold != 0), np.flatnonzero(fold == 0))
+            if colour_weight is None:
+                colour_weight, colour_report = choose_colour(
+                    profile.head.colour, feats, colour, labels, split[0], split[1], n_classes
+                )
             assert fp32_feats is not None
             if precision not in precisions:
                 continue  # fp32 was only the reference
             variant_files[variant] = path
-            full_feats[variant] = feats
+            full_feats[variant] = compose(feats, colour, colour_weight)
             candidates.extend(
                 _candidates_for(
                     variant,
                     path,
                     feats,
                     fp32_feats,
+                    compose(fp32_feats, colour, colour_weight),
+                    full_feats[variant],
                     labels,
                     split[0],
                     split[1],
@@ -319,13 +379,15 @@ def run_build(opts: BuildOptions) -> BuildResult:
         table_precision=chosen.spec.table_precision,
         ood_memory_limit_bytes=int(max(0.0, limit_mib - chosen.footprint.total_mib) * MIB),
         seed=opts.seed,
+        colour_weight=colour_weight or 0.0,
     )
     aug_emb, aug_source = _embed_views(
         variant_files[chosen.spec.model], decoded, chosen.spec.model.input_size, b.threads, embedding_output,
-        profile.head.augment_views, opts.seed,
+        profile.head.augment_views, opts.seed, colour_weight or 0.0,
     )  # fmt: skip
     log.info("fitting the recognition head (projection, calibration, OOD gate, thresholds)")
     head, head_report = fit_head(full_feats[chosen.spec.model], labels, list(skus), settings, aug_emb, aug_source)
+    head_report["colour"] = colour_report
     footprint = replace(chosen.footprint, table_mib=head.nbytes / MIB)
     if footprint.total_mib > limit_mib:
         raise BudgetError(
@@ -356,7 +418,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "sha256": sha256_bytes(model_bytes),
             "input_size": chosen.spec.model.input_size,
             "precision": chosen.spec.model.precision,
-            "embedding_dim": int(full_feats[chosen.spec.model].shape[1]),
+            "embedding_dim": int(full_feats[chosen.spec.model].shape[1]) - (COLOUR_DIM if colour_weight else 0),
             "int8_scheme": scheme if chosen.spec.model.precision == "int8" else None,
         },
         "variant": chosen.as_row(),
@@ -415,6 +477,8 @@ def _candidates_for(
     path: Path,
     feats: np.ndarray,
     fp32_feats: np.ndarray,
+    fp32_head_feats: np.ndarray,
+    head_feats: np.ndarray,
     labels: np.ndarray,
     train_idx: np.ndarray,
     eval_idx: np.ndarray,
@@ -436,18 +500,19 @@ def _candidates_for(
         runs=runs,
         embedding_output=embedding_output,
     )
+    # Quantisation is judged on the embeddings alone; ranking on what the head will read.
     cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)
-    proj = _ranking_projection(feats[train_idx], labels[train_idx])
-    centroids = class_centroids(proj.apply(feats[train_idx]), labels[train_idx], n_classes)
-    ref_proj = _ranking_projection(fp32_feats[train_idx], labels[train_idx])
-    ref_cents = class_centroids(ref_proj.apply(fp32_feats[train_idx]), labels[train_idx], n_classes)
+    proj = _ranking_projection(head_feats[train_idx], labels[train_idx])
+    centroids = class_centroids(proj.apply(head_feats[train_idx]), labels[train_idx], n_classes)
+    ref_proj = _ranking_projection(fp32_head_feats[train_idx], labels[train_idx])
+    ref_cents = class_centroids(ref_proj.apply(fp32_head_feats[train_idx]), labels[train_idx], n_classes)
     _, ref_pred = _top1(
-        PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(fp32_feats[eval_idx]), labels[eval_idx]
+        PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(fp32_head_feats[eval_idx]), labels[eval_idx]
     )
     out = []
     for tp in b.table_precisions:
         table = PrototypeTable.from_float(centroids, tp)
-        top1, pred = _top1(table, proj.apply(feats[eval_idx]), labels[eval_idx])
+        top1, pred = _top1(table, proj.apply(head_feats[eval_idx]), labels[eval_idx])
         accuracy = Accuracy(
             top1=top1,
             n_eval=len(eval_idx),

@@ -50,6 +50,9 @@ class FitSettings:
     ood_memory_limit_bytes: int | None = None
     seed: int = 0
     methods: tuple[str, ...] = METHODS
+    # The embeddings given to fit_head already carry the colour descriptor at this weight; the head records it so
+    # that edge-run composes the same input.
+    colour_weight: float = 0.0
 
 
 @dataclass
@@ -352,6 +355,7 @@ def fit_head(
         threshold_levels=thr.levels,
         verify_band=s.verify_band,
         search="hierarchical" if n_classes > HIERARCHICAL_MIN_SKUS else "flat",
+        colour_weight=s.colour_weight,
     )
     head = Head(
         skus=list(skus),

@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_runtime.bundle import HEAD, LABELS, PROTOTYPES, Bundle
 from edge_runtime.errors import BundleError
+from edge_runtime.features import COLOUR_BINS
 from edge_runtime.head.calibration import NEVER
 from edge_runtime.head.ood import OodModel
 from edge_runtime.head.projection import Projection
@@ -35,6 +36,8 @@ class HeadConfig:
     top_k: int = 5
     search: str = "flat"  # "flat" | "hierarchical"
     top_groups: int = 3
+    # Weight of the colour descriptor appended to every embedding (edge_runtime.features); 0 = embedding only.
+    colour_weight: float = 0.0
 
 
 @dataclass
@@ -144,6 +147,7 @@ class Head:
             "top_k": c.top_k,
             "search": c.search,
             "top_groups": c.top_groups,
+            "input": {"colour_weight": c.colour_weight, "colour_bins": list(COLOUR_BINS) if c.colour_weight else None},
             "groups": self.group_names,
             "accept_thresholds": [
                 {"sku": s.code, "threshold": None if t >= NEVER else round(float(t), 6), "level": lvl}
@@ -165,6 +169,13 @@ class Head:
         thresholds = doc["accept_thresholds"]
         if [t["sku"] for t in thresholds] != [s.code for s in skus]:
             raise ValueError("accept thresholds do not list the same SKUs as labels.json")
+        head_input = doc.get("input") or {}  # absent in bundles from before the colour descriptor
+        colour_weight = float(head_input.get("colour_weight") or 0.0)
+        if colour_weight > 0 and list(head_input.get("colour_bins") or []) != list(COLOUR_BINS):
+            raise ValueError(
+                f"the head reads a {head_input.get('colour_bins')} colour histogram; this edge_runtime computes "
+                f"{list(COLOUR_BINS)}"
+            )
         config = HeadConfig(
             temperature=float(doc["temperature"]),
             ood_method=str(doc["ood"]["method"]),
@@ -180,6 +191,7 @@ class Head:
             top_k=int(doc["top_k"]),
             search=str(doc["search"]),
             top_groups=int(doc["top_groups"]),
+            colour_weight=colour_weight,
         )
         return cls(
             skus=skus,

@@ -4,7 +4,7 @@
 
     capture thread     source.read() -> sampler -> frame queue   (live: drop the OLDEST frame when full, counted;
                                                                   files and folders: block, never drop)
-    inference thread   regions -> crops -> prepare_batch -> ONE backend.embed per frame -> head.decide
+    inference thread   regions -> crops -> prepare_batch -> ONE backend.embed per frame (+ colour) -> head.decide
     publish thread     encode (JSON; JPEG crops cut to the box, capped) -> outbox (durable, fsynced)
     MqttPublisher      its own sender and network threads: outbox -> broker at QoS 1, ack -> delete
     main thread        startup, systemd, heartbeats, metrics refresh, shutdown and drain
@@ -65,6 +65,7 @@ import edge_runtime
 from edge_runtime.backends import Backend, create_backend, first_available
 from edge_runtime.bundle import MODEL, PROFILE, Bundle, load_bundle
 from edge_runtime.errors import AuthError, BundleError, EdgeError, ModelError, UsageError
+from edge_runtime.features import head_input
 from edge_runtime.head.model import Head, load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.profile import Camera, DeviceProfile
@@ -690,7 +691,7 @@ class _Stages:
                 t3 = time.perf_counter()
                 self._observe(spent, "inference", t3 - t2)
                 stage = "head"
-                decisions = self.head.decide(embeddings)
+                decisions = self.head.decide(head_input(embeddings, batch, self.head.config.colour_weight))
                 self._observe(spent, "head", time.perf_counter() - t3)
                 if len(decisions) != len(regions):
                     raise ModelError(f"{len(regions)} regions but {len(decisions)} decisions")

@@ -28,7 +28,8 @@ def colour_descriptor(batch: np.ndarray) -> np.ndarray:
     """
     out = np.zeros((len(batch), COLOUR_DIM), dtype=np.float32)
     for i, chw in enumerate(batch):
-        rgb = np.ascontiguousarray(np.clip(chw.transpose(1, 2, 0), 0, 255), dtype=np.uint8)
+        # Convert while still planar, then interleave: casting the transposed view cost 4x as much.
+        rgb = cv2.merge(list(np.clip(chw, 0, 255).astype(np.uint8)))
         hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
         hist = cv2.calcHist([hsv], [0, 1], None, list(COLOUR_BINS), [0, 180, 0, 256]).ravel()
         total = float(hist.sum())

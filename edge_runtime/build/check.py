@@ -23,6 +23,7 @@ from edge_runtime.build.pipeline import (
     HOLDOUT_FOLDS,
     BuildOptions,
     _embed,
+    _embed_views,
     catalogue_colour,
     choose_colour,
     default_cache_dir,
@@ -75,6 +76,17 @@ def run_check(
         onnx.save(make_variant(backbone, "fp32", size), str(model_path))
         log.info("embedding %d images with the fp32 model at %d px", len(labels), size)
         embeddings = _embed(model_path, decoded, size, b.threads, embedding_output)
+        colour = catalogue_colour(decoded, size) if prof.head.colour != "off" else None
+        fold = cluster_folds(embeddings, labels, HOLDOUT_FOLDS, seed)
+        held_in, held_out = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+        colour_weight, colour_report = choose_colour(
+            prof.head.colour, embeddings, colour, labels, held_in, held_out, len(skus)
+        )
+        embeddings = compose(embeddings, colour, colour_weight)
+        # The same augmented views edge-build fits on, so the checklist judges the head that would ship.
+        aug_emb, aug_source = _embed_views(
+            model_path, decoded, size, b.threads, embedding_output, prof.head.augment_views, seed, colour_weight
+        )
         log.info("measuring the fp32 model's footprint in a fresh process")
         m = measure_in_subprocess(
             model_path,
@@ -92,13 +104,6 @@ def run_check(
 
     budget = float(prof.device.memory_budget_mib)
     limit_mib = budget * (1.0 - prof.device.min_headroom)
-    colour = catalogue_colour(decoded, size) if prof.head.colour != "off" else None
-    fold = cluster_folds(embeddings, labels, HOLDOUT_FOLDS, seed)
-    held_in, held_out = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
-    colour_weight, colour_report = choose_colour(
-        prof.head.colour, embeddings, colour, labels, held_in, held_out, len(skus)
-    )
-    embeddings = compose(embeddings, colour, colour_weight)
     r = prof.routing
     settings = FitSettings(
         accept_precision=r.accept_precision,
@@ -110,7 +115,7 @@ def run_check(
         colour_weight=colour_weight,
     )
     log.info("fitting the recognition head")
-    head, head_report = fit_head(embeddings, labels, skus, settings)
+    head, head_report = fit_head(embeddings, labels, skus, settings, aug_emb, aug_source)
     head_report["colour"] = colour_report
     head_mib = head.nbytes / MIB
     footprint = m.peak_rss_mib + m.gpu_mib + head_mib

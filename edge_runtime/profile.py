@@ -273,7 +273,11 @@ class Mqtt(BaseModel):
     credentials_file: str | None = Field(
         default=None, description="File holding 'username:password' for the broker; kept out of the profile."
     )
-    uplink_bytes_per_s: int = Field(default=250_000, gt=0, description="Uplink bandwidth cap in bytes per second.")
+    uplink_bytes_per_s: int = Field(
+        default=250_000,
+        gt=0,
+        description="Uplink cap, payload+topic bytes/s (average; 1 s burst); held-back messages wait in the outbox.",
+    )
     crop_max_side: int = Field(
         default=320, ge=32, le=2048, description="Published crops are scaled to this longer side."
     )

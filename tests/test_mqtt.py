@@ -1,8 +1,9 @@
-"""The MQTT publisher against a real mosquitto: delivery, outages, status and will, feedback, auth, TLS."""
+"""The MQTT publisher against a real mosquitto: delivery, outages, status and will, feedback, auth, TLS, uplink cap."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.errors import EXIT_AUTH, UsageError
-from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES, MqttAuthError, MqttPublisher, read_credentials
+from edge_runtime.profile import load_profile
+from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES, MqttAuthError, MqttPublisher, TokenBucket, read_credentials
 from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
 from tests import broker
 from tests.broker import Collector, Mosquitto, make_tls_files
@@ -354,3 +356,132 @@ def test_tls_with_a_private_ca(
     collector.close()
     with pytest.raises(UsageError, match="tls_ca_file"):
         make_publisher(broker, tls_ca_file=str(tmp_path / "missing-ca.pem"))
+
+
+# ---------------------------------------------------------------------------- uplink cap
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_paces_bursts_and_lets_big_messages_through_in_debt() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1000, burst=500, clock=clock)
+    assert bucket.wait_s(500) == 0.0  # starts full: one burst goes at once
+    bucket.take(400)
+    assert bucket.wait_s(100) == 0.0
+    assert bucket.wait_s(300) == pytest.approx(0.2)  # 100 in the bucket, 200 more at 1000 B/s
+    clock.now += 0.2
+    assert bucket.wait_s(300) == 0.0
+    bucket.take(300)
+    clock.now += 10.0
+    assert bucket.tokens == 500  # refill stops at the burst: idle time does not bank bandwidth
+
+    # Larger than the burst: it goes when the bucket is full, and its debt holds back what follows.
+    assert bucket.wait_s(2500) == 0.0
+    bucket.take(2500)
+    assert bucket.tokens == -2000
+    assert bucket.wait_s(100) == pytest.approx(2.1)
+    clock.now += 2.1
+    assert bucket.wait_s(100) == 0.0
+
+    # Over a long run the average is the rate: 1000 messages of 50 B need 50 s at 1000 B/s, minus the burst.
+    clock.now += 10.0
+    start, sent = clock.now, 0
+    for _ in range(1000):
+        clock.now += bucket.wait_s(50)
+        bucket.take(50)
+        sent += 50
+    assert clock.now - start == pytest.approx((sent - 500) / 1000, abs=1e-6)
+
+    clock.now -= 5.0  # a clock stepping back neither drains nor fills the bucket
+    assert bucket.tokens == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0, burst=1)
+
+
+def crop_message(i: int, size: int) -> dict[str, Any]:
+    return {"schema": "edge.unknown/1", "id": f"crop-{i:04d}", "frame_id": i, "crop": {"data": "A" * size}}
+
+
+def test_uplink_cap_paces_crops_through_a_real_broker_and_loses_none(
+    mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    rate, n = 100_000, 30
+    topic = f"edge/{DEVICE}/unknown"
+    collector = Collector(mosquitto.host, mosquitto.port, topic)
+    publisher = make_publisher(mosquitto, uplink_bytes_per_s=rate)  # default burst: one second's worth
+    publisher.start()
+    assert publisher.wait_connected(10), mosquitto.log_tail()
+    expected: set[str] = set()
+    total = 0
+    started = time.monotonic()
+    for i in range(n):
+        body = crop_message(i, 10_000)
+        assert publisher.send("unknown", body)
+        expected.add(body["id"])
+        total += len(json.dumps(body, separators=(",", ":")).encode()) + len(topic)
+    assert publisher.flush(30), mosquitto.log_tail()
+    assert collector.wait_ids(expected, 10)
+    elapsed = time.monotonic() - started
+
+    assert set(collector.ids()) == expected and outbox.depth == 0  # delayed, never dropped
+    assert [p["frame_id"] for p in collector.payloads()] == list(range(n))  # still oldest first
+    ideal = (total - rate) / rate  # the first burst is free, the rest goes at the cap (about 2 s here)
+    assert ideal > 1.5
+    assert elapsed >= 0.7 * ideal, f"{total} bytes in {elapsed:.2f} s at a cap of {rate} B/s"
+    stats = publisher.stats()
+    assert stats.uplink_bytes_per_s == rate and stats.uplink_bytes == total
+    assert stats.uplink_waits > 0 and stats.uplink_wait_s >= 0.5 * ideal
+    assert not stats.uplink_throttled
+    collector.close()
+
+
+def test_close_while_throttled_is_prompt_and_keeps_the_rest_in_the_outbox(
+    mosquitto: Mosquitto,
+    make_publisher: Callable[..., MqttPublisher],
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector = Collector(mosquitto.host, mosquitto.port, f"edge/{DEVICE}/unknown")
+    # 10 kB messages at 1 kB/s: the first goes in debt, the next would wait about 10 s.
+    slow = make_publisher(mosquitto, uplink_bytes_per_s=1_000)
+    slow.start()
+    assert slow.wait_connected(10), mosquitto.log_tail()
+    expected = set()
+    for i in range(5):
+        body = crop_message(i, 10_000)
+        assert slow.send("unknown", body)
+        expected.add(body["id"])
+    assert collector.wait_for(lambda ps: len(ps) >= 1, 5)
+    assert not slow.flush(0.5)  # what a drain that runs out of time sees
+    assert slow.stats().uplink_throttled
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.run.mqtt"):
+        slow.close(publish_offline=False)
+    closing = time.monotonic() - started
+    assert closing < 3.0, f"close() took {closing:.2f} s"  # not the 10 s the budget wait had left
+    assert outbox.depth == 4
+    assert any("uplink cap" in r.getMessage() and "stay in the outbox" in r.getMessage() for r in caplog.records)
+
+    # The next start sends what the cap held back.
+    fast = make_publisher(mosquitto, client_id="edge-cam-1-next")
+    fast.start()
+    assert fast.flush(10), mosquitto.log_tail()
+    assert collector.wait_ids(expected, 5)
+    collector.close()
+
+
+def test_from_profile_passes_the_uplink_cap(outbox: Outbox) -> None:
+    profile = load_profile("dev-cpu")
+    capped = MqttPublisher.from_profile(profile, outbox)
+    assert capped.stats().uplink_bytes_per_s == profile.mqtt.uplink_bytes_per_s == 250_000
+    unlimited = MqttPublisher.from_profile(profile, outbox, uplink_bytes_per_s=None)
+    assert unlimited.stats().uplink_bytes_per_s is None
+    with pytest.raises(UsageError):
+        MqttPublisher(host="h", port=1, device_id=DEVICE, outbox=outbox, uplink_bytes_per_s=0)

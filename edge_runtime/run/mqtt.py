@@ -16,6 +16,11 @@ not through the outbox: it describes the connection, so replaying an old one wou
 retained ``offline`` last will set before every connect with a fresh id, and a retained ``offline``
 published by ``close()``.
 
+Uplink cap: with ``uplink_bytes_per_s`` set, a token bucket (``TokenBucket``) holds the sender back
+so that payload plus topic bytes stay at the cap on average. A held-back message simply stays in the
+durable outbox: the cap delays, it never drops. The sender waits on its condition variable, so
+``close()``, a disconnect, an ack or a new message wakes it at once.
+
 Threads: paho's network thread runs every callback; the sender thread publishes. Every callback
 catches its own exceptions: an exception escaping into paho would end its network thread.
 """
@@ -57,6 +62,7 @@ __all__ = [
     "MqttAuthError",
     "MqttPublisher",
     "PublisherStats",
+    "TokenBucket",
     "read_credentials",
 ]
 
@@ -90,6 +96,14 @@ _FATAL_CONNACK: Final = frozenset(
 _EXPIRE_EVERY_S: Final = 60.0
 _CONNECT_FAIL_LOG_INTERVAL_S: Final = 60.0
 _FEEDBACK_DEDUPE: Final = 4096  # recent feedback keys remembered to drop redeliveries
+# Burst of the uplink bucket, in seconds of the cap. One second lets a frame's results and a crop or two
+# go out together at the default 250 kB/s, yet never pushes more than about a second of link time into
+# the modem's buffer at once, where it would delay PUBACKs, PINGREQs and everything else on a cellular
+# link. The burst need not cover the largest message: the bucket lets a bigger one go when full and runs
+# into debt (see TokenBucket). Sizing it to the largest message the outbox accepts would not work: that
+# is the outbox's whole byte cap (64 MiB by default; the pipeline bounds crops by pixels, not bytes),
+# which would let a backlog out at line rate after every outage, exactly when the cap matters.
+_UPLINK_BURST_S: Final = 1.0
 
 
 class MqttAuthError(AuthError):
@@ -111,6 +125,57 @@ class PublisherStats:
     feedback_duplicates: int
     feedback_rejected: dict[str, int]
     send_rejected: int  # send() calls refused before the outbox (payload not JSON-serialisable)
+    # Uplink cap (defaults keep stand-in publishers that do not publish valid).
+    uplink_bytes_per_s: int | None = None  # the cap; None: unlimited
+    uplink_bytes: int = 0  # payload + topic bytes of outbox messages published, retransmits included
+    uplink_wait_s: float = 0.0  # total time a ready message waited for uplink budget (the wait in progress too)
+    uplink_waits: int = 0  # messages that had to wait for budget
+    uplink_throttled: bool = False  # a message is waiting for budget right now
+
+
+class TokenBucket:
+    """A byte budget refilled at ``rate`` bytes/s up to ``burst``; it starts full.
+
+    A message of ``n`` bytes may go once the bucket holds ``min(n, burst)``; sending takes all ``n``, which
+    may leave the bucket in debt. The debt is repaid before anything else goes, so the average stays at
+    ``rate`` however large a message is, and a message larger than the burst still goes out (when the
+    bucket is full) instead of waiting forever. Not thread-safe: the publisher guards it with its lock.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
+        if not burst > 0:
+            raise ValueError(f"burst must be > 0 bytes, got {burst}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        # max(): a clock that steps back must not drain the bucket.
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+
+    @property
+    def tokens(self) -> float:
+        """Bytes available now; negative while in debt."""
+        self._refill()
+        return self._tokens
+
+    def wait_s(self, n: int) -> float:
+        """Seconds until ``n`` bytes may go; 0.0 when they may go now."""
+        self._refill()
+        missing = min(float(n), self.burst) - self._tokens
+        # Half a byte of slack: float rounding must not turn an exact wait into a second tiny one.
+        return 0.0 if missing <= 0.5 else missing / self.rate
+
+    def take(self, n: int) -> None:
+        """Spend ``n`` bytes (sent, or about to be): the bucket may go into debt."""
+        self._refill()
+        self._tokens -= n
 
 
 def _utc_iso(ts: float) -> str:
@@ -183,6 +248,8 @@ class MqttPublisher:
         reconnect_max_s: float = 30.0,
         status_fields: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
+        uplink_bytes_per_s: int | None = None,
+        uplink_burst_bytes: int | None = None,
     ) -> None:
         if not device_id or any(c in device_id for c in "/+#"):
             raise UsageError(f"invalid MQTT device id {device_id!r}", hint="use letters, digits, '.', '_' and '-'")
@@ -194,6 +261,10 @@ class MqttPublisher:
             logger.warning("MQTT qos=0: a message is forgotten once written to the socket; an outage can lose it")
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if uplink_bytes_per_s is not None and uplink_bytes_per_s <= 0:
+            raise UsageError(f"invalid uplink cap {uplink_bytes_per_s} bytes/s", hint="use a positive number")
+        if uplink_burst_bytes is not None and uplink_burst_bytes <= 0:
+            raise ValueError("uplink_burst_bytes must be > 0")
         self._host = host
         self._port = port
         self._device_id = device_id
@@ -205,12 +276,18 @@ class MqttPublisher:
         self._clock = clock
         self._status_fields = dict(status_fields or {})
         self.client_id = client_id or f"{prefix}-{device_id}"
+        self._uplink_cap = uplink_bytes_per_s
+        self._bucket: TokenBucket | None = None
+        if uplink_bytes_per_s is not None:
+            burst = uplink_burst_bytes or max(1, round(uplink_bytes_per_s * _UPLINK_BURST_S))
+            self._bucket = TokenBucket(uplink_bytes_per_s, burst)
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._mid_to_id: dict[int, str | None] = {}  # None: a direct publish (status), not in the outbox
         self._early_acks: set[int] = set()  # PUBACKs that overtook the registration of their mid
-        self._inflight_ids: set[str] = set()
+        # id -> uplink bytes: paho retransmits these after a reconnect, which the uplink budget pays for.
+        self._inflight_ids: dict[str, int] = {}
         self._more_pending = True  # the outbox may hold messages not yet published
         self._connected = False
         self._ready = threading.Event()  # CONNACK ok and the feedback SUBACK arrived, or fatal
@@ -234,6 +311,10 @@ class MqttPublisher:
         self.feedback_duplicates = 0
         self.feedback_rejected: dict[str, int] = {}
         self.send_rejected = 0
+        self.uplink_bytes = 0
+        self.uplink_wait_s = 0.0
+        self.uplink_waits = 0
+        self._uplink_wait_since: float | None = None  # monotonic start of the budget wait in progress
 
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -269,8 +350,12 @@ class MqttPublisher:
         device_id: str | None = None,
         **kwargs: Any,
     ) -> MqttPublisher:
-        """A publisher for the profile's ``[mqtt]`` section; host, port and device id may be overridden."""
+        """A publisher for the profile's ``[mqtt]`` section.
+
+        Host, port and device id may be overridden, and so may ``uplink_bytes_per_s`` (None: unlimited).
+        """
         m = profile.mqtt
+        kwargs.setdefault("uplink_bytes_per_s", m.uplink_bytes_per_s)  # a caller may pass None: unlimited
         return cls(
             host=host or m.host,
             port=port or m.port,
@@ -409,6 +494,10 @@ class MqttPublisher:
 
     def stats(self) -> PublisherStats:
         with self._lock:
+            waiting = self._uplink_wait_since is not None
+            wait_s = self.uplink_wait_s
+            if self._uplink_wait_since is not None:
+                wait_s += time.monotonic() - self._uplink_wait_since  # a counter must grow during a long wait too
             return PublisherStats(
                 connected=self._connected,
                 connects=self.connects,
@@ -421,6 +510,11 @@ class MqttPublisher:
                 feedback_duplicates=self.feedback_duplicates,
                 feedback_rejected=dict(self.feedback_rejected),
                 send_rejected=self.send_rejected,
+                uplink_bytes_per_s=self._uplink_cap,
+                uplink_bytes=self.uplink_bytes,
+                uplink_wait_s=wait_s,
+                uplink_waits=self.uplink_waits,
+                uplink_throttled=waiting,
             )
 
     def on_feedback(self, callback: Callable[[dict[str, Any]], None]) -> None:
@@ -448,8 +542,9 @@ class MqttPublisher:
             return
         self._closed = True
         with self._cond:
+            throttled = self._uplink_wait_since is not None
             self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify_all()  # ends a wait for uplink budget too
         if self._sender.is_alive():
             self._sender.join(timeout=timeout_s)
         if self._started and publish_offline and self.connected:
@@ -469,7 +564,17 @@ class MqttPublisher:
             self._inflight_ids.clear()
         # paho's copies of these die with this client: let a later publisher on the same outbox send them.
         self._outbox.release(unacked)
-        logger.info("MQTT: closed (%d messages left in the outbox)", self._outbox.depth)
+        left = self._outbox.depth
+        if throttled and left:
+            # Otherwise a drain timeout reads like a broker problem.
+            logger.warning(
+                "MQTT: the uplink cap (%d bytes/s) was holding messages back at shutdown; %d message(s) stay "
+                "in the outbox %s and are sent first at the next start",
+                self._uplink_cap,
+                left,
+                self._outbox.path,
+            )
+        logger.info("MQTT: closed (%d messages left in the outbox)", left)
 
     def __enter__(self) -> MqttPublisher:
         self.start()
@@ -482,6 +587,10 @@ class MqttPublisher:
 
     def _run_sender(self) -> None:
         next_expire = 0.0
+        # The uplink budget ran short last time: read one message at a time. A full batch held through
+        # budget waits would pin up to max_inflight crops in memory and go stale (the outbox's byte cap
+        # may evict them meanwhile, and a message counted as dropped would then still be sent).
+        throttled = False
         while True:
             with self._cond:
                 while not self._stopping and not self._can_send():
@@ -502,12 +611,22 @@ class MqttPublisher:
                     logger.exception("MQTT: outbox expiry failed")
             if not room:
                 continue
+            limit = 1 if throttled else room
             try:
-                batch = self._outbox.next_batch(room)
-                if len(batch) == room:
+                batch = self._outbox.next_batch(limit)
+                if len(batch) == limit:
                     with self._lock:
-                        self._more_pending = True  # the batch was capped by room: there may be more
-                for msg in batch:
+                        self._more_pending = True  # the batch was capped: there may be more
+                throttled = False
+                for i, msg in enumerate(batch):
+                    # Only the first message of a batch waits for budget; the rest go back to the outbox
+                    # untouched (never marked in flight) and are read again, one by one, when it allows.
+                    admitted, waited = self._await_uplink(msg, block=i == 0)
+                    throttled = throttled or waited or not admitted
+                    if not admitted:
+                        with self._lock:
+                            self._more_pending = True
+                        break
                     if not self._publish_one(msg):
                         # paho refused it without queueing it: give the connection state a moment
                         # to settle instead of spinning on the same message.
@@ -523,17 +642,53 @@ class MqttPublisher:
     def _can_send(self) -> bool:
         return self._connected and self._more_pending and len(self._inflight_ids) < self._max_inflight
 
+    @staticmethod
+    def _uplink_cost(msg: OutMessage) -> int:
+        # What the profile's cap counts: the bytes we choose to send. MQTT/TCP/TLS framing is a few
+        # dozen bytes per message, small next to a crop, and not ours to shape.
+        return len(msg.payload) + len(msg.topic.encode("utf-8"))
+
+    def _await_uplink(self, msg: OutMessage, *, block: bool) -> tuple[bool, bool]:
+        """(admitted, waited): whether the uplink budget lets ``msg`` go now, and whether it had to wait for it.
+
+        Without ``block`` it never waits. Blocking, it waits until the budget allows, and gives up (not
+        admitted) when stopping or when the connection is lost while waiting.
+        """
+        if self._bucket is None:
+            return True, False
+        cost = self._uplink_cost(msg)
+        with self._cond:
+            try:
+                while not self._stopping:
+                    wait = self._bucket.wait_s(cost)
+                    if wait <= 0:
+                        return True, self._uplink_wait_since is not None
+                    if not block or not self._connected:
+                        return False, False
+                    if self._uplink_wait_since is None:
+                        self._uplink_wait_since = time.monotonic()
+                        self.uplink_waits += 1
+                    # Not a spin: sleeps for the whole deficit unless close(), a disconnect, an ack or a
+                    # send() wakes it, and each of those is an event, not a poll.
+                    self._cond.wait(wait)
+                return False, False
+            finally:
+                if self._uplink_wait_since is not None:
+                    self.uplink_wait_s += time.monotonic() - self._uplink_wait_since
+                    self._uplink_wait_since = None
+
     def _publish_one(self, msg: OutMessage) -> bool:
         """Publish one outbox message; False when paho did not take it (it is pending again)."""
+        cost = self._uplink_cost(msg)
         self._outbox.mark_inflight([msg.id])
         with self._lock:
-            self._inflight_ids.add(msg.id)
+            self._inflight_ids[msg.id] = cost
         try:
             info = self._client.publish(msg.topic, msg.payload, qos=self._qos, retain=msg.retain)
         except ValueError as exc:  # invalid topic or payload: retrying cannot help
             logger.error("MQTT: dropping message %s: %s", msg.id, exc)
             with self._lock:
-                self._inflight_ids.discard(msg.id)
+                self._inflight_ids.pop(msg.id, None)
             self._outbox.drop(msg.id, DROP_REJECTED)
             return True
         # NO_CONN at QoS >= 1: paho queued it and sends it after the next CONNACK, so it is in flight.
@@ -543,12 +698,15 @@ class MqttPublisher:
         if not queued:
             logger.warning("MQTT: publish of %s failed (%s); will retry", msg.id, mqtt.error_string(info.rc))
             with self._cond:
-                self._inflight_ids.discard(msg.id)
+                self._inflight_ids.pop(msg.id, None)
                 self._more_pending = True
             self._outbox.release([msg.id])
             return False
         with self._lock:
             self.published += 1
+            self.uplink_bytes += cost
+            if self._bucket is not None:
+                self._bucket.take(cost)
         self._register(info.mid, msg.id)
         return True
 
@@ -572,7 +730,7 @@ class MqttPublisher:
             logger.error("MQTT: broker refused message %s (%s); dropped", msg_id, failure)
             self._outbox.drop(msg_id, DROP_REJECTED)
         with self._cond:
-            self._inflight_ids.discard(msg_id)
+            self._inflight_ids.pop(msg_id, None)
             self.acked += 1
             self._cond.notify_all()
 
@@ -640,6 +798,11 @@ class MqttPublisher:
             if reconnect:
                 # paho retransmits these itself right after this callback (see the module docstring).
                 self.resent += len(self._inflight_ids)
+                resend_bytes = sum(self._inflight_ids.values())
+                self.uplink_bytes += resend_bytes
+                if self._bucket is not None:
+                    # Outside our control, but on the same link: new messages wait until it is paid for.
+                    self._bucket.take(resend_bytes)
             self._more_pending = True
             self._cond.notify_all()
         logger.info("MQTT: connected to %s:%d (session present: %s)", self._host, self._port, flags.session_present)

@@ -131,6 +131,17 @@ def test_refresh_mirrors_outbox_and_memory() -> None:
     assert rss > 0 and 0 < headroom < 1 and sample_value(text, "edge_process_rss_bytes") == rss
 
 
+def test_refresh_mirrors_uplink_totals_as_counters() -> None:
+    m = RunMetrics(["a"], memory_budget_mib=1 << 20)
+    m.refresh(uplink=(1000, 0.5, True))
+    m.refresh(uplink=(4000, 2.0, False))
+    m.refresh(uplink=(4000, 2.0, False))  # unchanged totals add nothing
+    text = m.render().decode()
+    assert sample_value(text, "edge_mqtt_uplink_bytes_total") == 4000
+    assert sample_value(text, "edge_mqtt_uplink_wait_seconds_total") == 2.0
+    assert sample_value(text, "edge_mqtt_uplink_throttled") == 0
+
+
 def test_metrics_endpoint_serves_and_refuses_a_taken_port() -> None:
     m = RunMetrics(["a"], memory_budget_mib=100)
     port = m.serve(free_port(), "127.0.0.1")

@@ -77,6 +77,7 @@ class RunMetrics:
         self._seen_feedback_rejects: dict[str, int] = {}
         self._seen_acked = 0
         self._seen_source = (0, 0)  # source reconnects and read failures already counted
+        self._seen_uplink = (0, 0.0)  # uplink bytes and budget wait already counted
         self._server: Any = None
         r = self.registry
 
@@ -133,6 +134,16 @@ class RunMetrics:
             "edge_outbox_dropped", "Messages the outbox dropped, by reason and kind.", ["reason", "kind"], registry=r
         )
         self.mqtt_connected = Gauge("edge_mqtt_connected", "1 while connected to the broker.", registry=r)
+        self.uplink_throttled = Gauge(
+            "edge_mqtt_uplink_throttled", "1 while a message waits for uplink budget (mqtt.uplink_bytes_per_s).",
+            registry=r,
+        )  # fmt: skip
+        self.uplink_wait = Counter(
+            "edge_mqtt_uplink_wait_seconds", "Time ready messages waited for uplink budget.", registry=r
+        )
+        self.uplink_bytes = Counter(
+            "edge_mqtt_uplink_bytes", "Payload and topic bytes published, retransmissions included.", registry=r
+        )
         self.rss = Gauge("edge_process_rss_bytes", "Resident memory of the edge-run process.", registry=r)
         self.budget = Gauge("edge_memory_budget_bytes", "The profile's memory budget.", registry=r)
         self.headroom = Gauge(
@@ -210,6 +221,7 @@ class RunMetrics:
         source_reconnects: int | None = None,
         source_read_failures: int | None = None,
         frames_flowing: bool | None = None,
+        uplink: tuple[int, float, bool] | None = None,
     ) -> tuple[float, float]:
         """Update gauges and mirrored counters; returns (rss_bytes, headroom) for heartbeats."""
         with self._lock:
@@ -235,6 +247,14 @@ class RunMetrics:
                 self._seen_acked = max(self._seen_acked, acked)
             if connected is not None:
                 self.mqtt_connected.set(1 if connected else 0)
+            if uplink is not None:  # (bytes sent, seconds waited for budget, waiting now), running totals
+                sent, waited, throttled = uplink
+                if sent > self._seen_uplink[0]:
+                    self.uplink_bytes.inc(sent - self._seen_uplink[0])
+                if waited > self._seen_uplink[1]:
+                    self.uplink_wait.inc(waited - self._seen_uplink[1])
+                self._seen_uplink = (max(sent, self._seen_uplink[0]), max(waited, self._seen_uplink[1]))
+                self.uplink_throttled.set(1 if throttled else 0)
             if feedback_rejected:
                 for reason, total in feedback_rejected.items():
                     delta = total - self._seen_feedback_rejects.get(reason, 0)

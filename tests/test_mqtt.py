@@ -442,6 +442,40 @@ def test_uplink_cap_paces_crops_through_a_real_broker_and_loses_none(
     collector.close()
 
 
+def test_results_overtake_queued_crops_while_the_uplink_is_throttled(
+    mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    collector = Collector(mosquitto.host, mosquitto.port, f"edge/{DEVICE}/+")
+    # 8 crops of 10 kB at 20 kB/s: about 3 s of backlog after the first second's burst.
+    publisher = make_publisher(mosquitto, uplink_bytes_per_s=20_000)
+    publisher.start()
+    assert publisher.wait_connected(10), mosquitto.log_tail()
+    crops = [crop_message(i, 10_000) for i in range(8)]
+    for body in crops:
+        assert publisher.send("unknown", body)
+    assert collector.wait_for(lambda ps: len(ps) >= 1, 5)  # throttling has begun
+    results = [{"schema": "edge.results/1", "id": f"res-{i}", "frame_id": 100 + i, "regions": []} for i in range(2)]
+    for body in results:
+        assert publisher.send("results", body)
+    assert publisher.flush(20), mosquitto.log_tail()
+    assert collector.wait_ids({b["id"] for b in crops + results}, 10)
+    order = [p["id"] for p in collector.payloads()]
+    # Both results went out before the crops that were still waiting; each topic kept its own order.
+    assert order.index("res-1") < order.index(crops[-2]["id"])
+    assert [i for i in order if i.startswith("res-")] == ["res-0", "res-1"]
+    assert [i for i in order if i.startswith("crop-")] == [b["id"] for b in crops]
+    collector.close()
+
+
+def test_outbox_next_batch_can_ask_for_some_kinds_only(outbox: Outbox) -> None:
+    from edge_runtime.types import OutMessage
+
+    for i, kind in enumerate(["crop", "result", "crop", "heartbeat"]):
+        assert outbox.put(OutMessage(id=f"m{i}", topic="t", payload=b"x", kind=kind, created=time.time()))
+    assert [m.id for m in outbox.next_batch(10, kinds=("result", "heartbeat"))] == ["m1", "m3"]
+    assert [m.id for m in outbox.next_batch(10)] == ["m0", "m1", "m2", "m3"]
+
+
 def test_close_while_throttled_is_prompt_and_keeps_the_rest_in_the_outbox(
     mosquitto: Mosquitto,
     make_publisher: Callable[..., MqttPublisher],

@@ -82,6 +82,8 @@ TOPICS: Final[dict[str, MessageKind]] = {
     "status": "status",
 }
 FEEDBACK_TOPIC: Final = "feedback"
+# Sent ahead of older crops while the uplink cap holds messages back.
+URGENT_KINDS: Final[tuple[MessageKind, ...]] = ("status", "result", "heartbeat")
 
 # CONNACK refusals that retrying cannot fix (v3.1.1 names as paho 2 reports them, and their v5 siblings).
 _FATAL_CONNACK: Final = frozenset(
@@ -613,7 +615,11 @@ class MqttPublisher:
                 continue
             limit = 1 if throttled else room
             try:
-                batch = self._outbox.next_batch(limit)
+                # While the uplink is the bottleneck, small results, status and heartbeats overtake queued crops:
+                # a store acts on results within seconds, a crop can wait. Order within each topic is kept,
+                # and MQTT promises no order across topics anyway.
+                batch = self._outbox.next_batch(limit, kinds=URGENT_KINDS) if throttled else []
+                batch = batch or self._outbox.next_batch(limit)
                 if len(batch) == limit:
                     with self._lock:
                         self._more_pending = True  # the batch was capped: there may be more

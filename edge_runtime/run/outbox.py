@@ -470,18 +470,21 @@ class Outbox:
 
     # ------------------------------------------------------------------ the publisher's side
 
-    def next_batch(self, limit: int) -> list[OutMessage]:
-        """Up to ``limit`` stored messages, oldest first, that are not in flight."""
+    def next_batch(self, limit: int, kinds: Iterable[MessageKind] | None = None) -> list[OutMessage]:
+        """Up to ``limit`` stored messages (of ``kinds`` only, when given), oldest first, that are not in flight."""
         if limit <= 0:
             return []
         with self._lock:
             if self._closed:
                 return []
             skip = self._inflight | self._acked_unsaved
+            wanted = tuple(kinds) if kinds is not None else KINDS
+            marks = ",".join("?" * len(wanted))
             try:
                 rows = self._conn.execute(
-                    "SELECT id, topic, payload, kind, created, retain FROM messages ORDER BY seq LIMIT ?",
-                    (limit + len(skip),),
+                    "SELECT id, topic, payload, kind, created, retain FROM messages "
+                    f"WHERE kind IN ({marks}) ORDER BY seq LIMIT ?",
+                    (*wanted, limit + len(skip)),
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._count_drop_log_only("read_error", f"cannot read {self._path}: {exc}")

@@ -353,7 +353,7 @@ class HeadFit(BaseModel):
         description=(
             "Append a hue-saturation histogram of each region to its embedding (siblings often differ mostly in"
             " colour). auto = keep it when it raises held-out top-1 on the catalogue; off for monochrome cameras."
-            " Costs about 0.1 ms per region."
+            " Costs about 0.2 ms per region."
         ),
     )
 

@@ -29,7 +29,18 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main, run_main
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
 from edge_runtime.run.metrics import sample_value
-from edge_runtime.run.pipeline import RunOptions, RunSummary, StageQueue, event_id_for_region, run
+from edge_runtime.run.pipeline import (
+    PUBLISH_QUEUE,
+    TENSOR_QUEUE,
+    FrameTiming,
+    RunOptions,
+    RunSummary,
+    StageQueue,
+    event_id_for_region,
+    run,
+)
+from edge_runtime.run.sources import Source, VideoFileSource
+from edge_runtime.types import Frame
 from tests import broker
 from tests.broker import Collector, Mosquitto, free_port
 from tests.conftest import tiny_backbone
@@ -308,6 +319,86 @@ def test_sigterm_mid_run_loses_nothing(assets: dict[str, Path], tmp_path: Path, 
     frame_ids = sorted(r["frame_id"] for r in by_schema(payloads, "edge.results/1").values())
     assert frame_ids == list(range(summary["frames_processed"]))
     assert [p["state"] for p in payloads if p.get("schema") == "edge.status/1"][-1] == "offline"
+
+
+def test_stop_with_every_queue_full_processes_every_frame_read_in_order(
+    assets: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file read as fast as it decodes, and a publish stage slowed down (on_frame runs in the publish thread),
+    # so every queue is full when the stop comes: the end marker must pass through all of them behind the frames.
+    stop = threading.Event()
+    stored: list[int] = []
+
+    def on_frame(t: FrameTiming) -> None:
+        stored.append(t.frame_id)
+        if len(stored) == 3:
+            stop.set()
+        time.sleep(0.1)
+
+    summary = run(options(assets, tmp_path, None, every_frame=True, publish=False, on_frame=on_frame), stop_event=stop)
+    assert summary.ended_by == "stop requested" and summary.frame_errors == 0
+    # Frames were waiting beyond the publish queue (in the tensor and frame queues) when the stop came.
+    assert 3 + PUBLISH_QUEUE + TENSOR_QUEUE <= summary.frames_read < VIDEO_FRAMES
+    assert summary.frames_processed == summary.frames_read
+    assert stored == list(range(summary.frames_read))
+    assert "did not finish" not in caplog.text  # each thread saw its end marker; none waited out the drain timeout
+
+
+class _FaultyCamera(Source):
+    """A video file whose driver hands over some malformed frames: not decodable as a picture of the scene."""
+
+    def __init__(self, video: Path, bad: dict[int, str]) -> None:
+        super().__init__(str(video), camera="faulty")
+        self.video = VideoFileSource(video)
+        self.nominal_fps = self.video.nominal_fps
+        self.bad = bad
+
+    def read(self) -> Frame | None:
+        frame = self.video.read()
+        if frame is None:
+            return None
+        image = frame.image
+        if self.bad.get(frame.index) == "regions":
+            image = image.reshape(-1)  # no height or width: the region finder cannot place its boxes
+        elif self.bad.get(frame.index) == "preprocess":
+            image = np.ascontiguousarray(image[:, :, :2])  # boxes fit, but two channels are not BGR
+        return self._emit(image, frame.source_ref)
+
+    def describe(self) -> str:
+        return f"faulty camera over {self.video.describe()}"
+
+    def close(self) -> None:
+        super().close()
+        self.video.close()
+
+
+def test_frames_failing_before_the_backend_are_counted_by_stage_and_the_rest_go_on(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    bad = {3: "regions", 4: "preprocess", 11: "preprocess", 20: "regions"}
+    port = free_port()
+    stored: list[FrameTiming] = []
+    scraped: list[str] = []
+
+    def on_frame(t: FrameTiming) -> None:
+        stored.append(t)
+        if t.frame_id == VIDEO_FRAMES - 1:  # every earlier frame has been counted by now
+            scraped.append(_scrape(port))
+
+    source = _FaultyCamera(assets["video"], bad)
+    summary = run(
+        options(assets, tmp_path, None, frames=source, every_frame=True, publish=False, metrics_port=port,
+                on_frame=on_frame)
+    )  # fmt: skip
+    assert summary.ended_by == "source ended"
+    assert summary.frames_read == VIDEO_FRAMES and summary.frame_errors == len(bad)
+    assert summary.frames_processed == VIDEO_FRAMES - len(bad) == len(stored)
+    assert [t.frame_id for t in stored] == [i for i in range(VIDEO_FRAMES) if i not in bad]
+    assert all({"regions", "preprocess", "inference", "head", "encode", "publish"} <= set(t.stages) for t in stored)
+    (text,) = scraped
+    for stage in ("regions", "preprocess"):
+        assert sample_value(text, "edge_frame_errors_total", {"stage": stage}) == 2.0
+    assert sample_value(text, "edge_frame_errors_total", {"stage": "inference"}) == 0.0
 
 
 def test_broker_absent_at_start_gets_everything_once_it_appears(

@@ -4,15 +4,26 @@
 
     capture thread     source.read() -> sampler -> frame queue   (live: drop the OLDEST frame when full, counted;
                                                                   files and folders: block, never drop)
-    inference thread   regions -> crops -> prepare_batch -> ONE backend.embed per frame (+ colour) -> head.decide
+    preprocess thread  regions -> crops -> prepare_batch (+ colour descriptor) -> tensor queue   (blocks, never drops)
+    inference thread   ONE backend.embed per frame -> compose (+ colour) -> head.decide -> publish queue   (blocks)
     publish thread     encode (JSON; JPEG crops cut to the box, capped) -> outbox (durable, fsynced)
     MqttPublisher      its own sender and network threads: outbox -> broker at QoS 1, ack -> delete
     main thread        startup, systemd, heartbeats, metrics refresh, shutdown and drain
 
 A slow broker never stalls inference (the outbox absorbs it), a slow disk or JPEG encoder never stalls inference
 for more than one queue (the publish queue is bounded and blocks), and a slow model never blocks a live camera
-(its queue drops the oldest frame). ``FRAME_QUEUE + PUBLISH_QUEUE`` frames is what edge-build counts in the
-footprint as the frame queue (four frames at the camera resolution).
+(its queue drops the oldest frame). The inference thread does nothing but the backend call and the head, so
+on a GPU device the CPU work of the next frames (resize, crop, colour histogram) overlaps the current frame's
+``embed`` instead of queueing in front of it. Each queue carries the end marker on to the next, so a stop or
+the end of a file processes and stores every frame already read.
+
+``FRAME_QUEUE + PUBLISH_QUEUE`` frames is what edge-build counts in the footprint as the frame queue (four frames
+at the camera resolution). The tensor queue is not in that count yet, because edge-build's figure is a frame
+count and a tensor is not a frame: each of its ``TENSOR_QUEUE`` items holds one frame (its crops are views,
+copied only once the head says they will be published) plus float tensors of regions x 3 x S x S x 4 bytes
+(0.6 MiB for a full-frame region at 224 px; 9.2 MiB at the default ``max_regions`` of 16). Bounded, but up to
+about 20 MiB that only the profile's minimum headroom covers today; edge-build should add
+``TENSOR_QUEUE`` frames and ``TENSOR_QUEUE x max_regions`` tensors at the variant's input size.
 
 Messages (``DESIGN.md``, *Formats*): ``edge.results/1`` per processed frame, ``edge.unknown/1`` and
 ``edge.verify/1`` per object with its JPEG crop, ``edge.heartbeat/1`` every ``heartbeat_s``; the retained
@@ -65,7 +76,7 @@ import edge_runtime
 from edge_runtime.backends import Backend, create_backend, first_available
 from edge_runtime.bundle import MODEL, PROFILE, Bundle, load_bundle
 from edge_runtime.errors import AuthError, BundleError, EdgeError, ModelError, UsageError
-from edge_runtime.features import head_input
+from edge_runtime.features import colour_descriptor, compose
 from edge_runtime.head.model import Head, load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.profile import Camera, DeviceProfile
@@ -98,7 +109,11 @@ RESULTS_SCHEMA = "edge.results/1"
 UNKNOWN_SCHEMA = "edge.unknown/1"
 VERIFY_SCHEMA = "edge.verify/1"
 HEARTBEAT_SCHEMA = "edge.heartbeat/1"
-FRAME_QUEUE = 2  # frames waiting for inference
+FRAME_QUEUE = 2  # frames waiting for preprocessing
+# Prepared frames waiting for the backend. Enough to double-buffer (one being embedded, the next ready, one
+# more to absorb jitter); not more, because a frame that got this far is never dropped, so on a live camera
+# each slot is one more frame of delay when inference is the bottleneck.
+TENSOR_QUEUE = 2
 PUBLISH_QUEUE = 2  # inferred frames waiting to be encoded and stored
 FEEDBACK_MEMORY = 10_000  # results messages, and separately unknown/verify objects, that feedback can refer to
 LATENCY_WINDOW = 512  # recent frame latencies the heartbeat's percentiles are taken over
@@ -461,6 +476,22 @@ class _StageError(Exception):
 
 
 @dataclass
+class _Prepared:
+    """What the preprocess thread hands to the inference thread for one frame."""
+
+    frame_id: int
+    source_ref: str
+    ts: float  # capture wall-clock time
+    regions: list[Region]
+    # Views into the frame, not copies: which crops get published is known only after the head, and copying
+    # every crop here would cost each frame what only unknown/verify objects need.
+    views: list[np.ndarray]
+    batch: np.ndarray | None  # [regions, 3, S, S] float32; None when the frame has no regions
+    colour: np.ndarray | None  # [regions, COLOUR_DIM] when the head reads colour
+    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
+
+
+@dataclass
 class _Inferred:
     """What the inference thread hands to the publish thread for one frame."""
 
@@ -486,7 +517,7 @@ class _Counters:
 
 
 class _Stages:
-    """The three pipeline threads and the state they share; ``run()`` below wires and drives them."""
+    """The four pipeline threads and the state they share; ``run()`` below wires and drives them."""
 
     def __init__(
         self,
@@ -538,10 +569,13 @@ class _Stages:
         self.ended_by = ""
         self.error: BaseException | None = None
         self.frames_q = StageQueue(FRAME_QUEUE)
+        self.tensors_q = StageQueue(TENSOR_QUEUE)
         self.publish_q = StageQueue(PUBLISH_QUEUE)
+        self.colour_weight = float(head.config.colour_weight)
         self.on_frame = on_frame
         # (frame index, read seconds) of queued frames, for on_frame only: Frame is immutable and shared.
         self._read_s: deque[tuple[int, float]] = deque()
+        self._log_prepare_error = _Throttled()  # one per thread: _Throttled is not locked
         self._log_infer_error = _Throttled()
         self._log_publish_error = _Throttled()
         self.started_at = 0.0
@@ -550,8 +584,12 @@ class _Stages:
                 target=self._guard(self.capture_loop, self._end_frames, False), name="capture", daemon=True
             ),
             threading.Thread(
+                target=self._guard(self.preprocess_loop, self._end_tensors, True), name="preprocess", daemon=True
+            ),
+            threading.Thread(
                 target=self._guard(self.inference_loop, self._end_publish, True), name="inference", daemon=True
             ),
+            # Last: run() watches it to know when everything upstream has finished.
             threading.Thread(target=self._guard(self.publish_loop, None, True), name="publish", daemon=True),
         ]
 
@@ -582,6 +620,9 @@ class _Stages:
 
     def _end_frames(self) -> None:
         self.frames_q.put_or_abort(_END, self.abort)
+
+    def _end_tensors(self) -> None:
+        self.tensors_q.put_or_abort(_END, self.abort)
 
     def _end_publish(self) -> None:
         self.publish_q.put_or_abort(_END, self.abort)
@@ -640,24 +681,29 @@ class _Stages:
                 return
         self.ended_by = self.ended_by or "stop requested"
 
-    # ---- inference: regions -> crops -> one backend call -> head
+    # ---- preprocess: regions -> crops -> tensors (+ colour) -> tensor queue
 
-    def inference_loop(self) -> None:
+    def preprocess_loop(self) -> None:
         while (frame := self.frames_q.get_or_end(self.abort)) is not _END:
             try:
-                inferred = self.infer(frame)
+                prepared = self.prepare(frame)
             except _StageError as exc:
-                self.metrics.frame_errors.labels(stage=exc.stage).inc()
-                with self.lock:
-                    self.counts.frame_errors += 1
-                self._log_infer_error("frame %s failed in %s: %s", frame.source_ref, exc.stage, exc.__cause__)
+                self._count_error(exc.stage)
+                self._log_prepare_error("frame %s failed in %s: %s", frame.source_ref, exc.stage, exc.__cause__)
                 continue
-            if not self.publish_q.put_or_abort(inferred, self.abort):
+            # Blocks even for live sources: dropping happens once, at the frame queue, where it is counted; a
+            # frame prepared here has already cost its CPU time.
+            if not self.tensors_q.put_or_abort(prepared, self.abort):
                 return
 
     def _observe(self, spent: dict[str, float], stage: str, seconds: float) -> None:
         self.metrics.observe_stage(stage, seconds)
         spent[stage] = seconds
+
+    def _count_error(self, stage: str) -> None:
+        self.metrics.frame_errors.labels(stage=stage).inc()
+        with self.lock:
+            self.counts.frame_errors += 1
 
     def _read_seconds(self, index: int) -> dict[str, float]:
         """The read time recorded for frame ``index`` (frames dropped before it are discarded)."""
@@ -670,49 +716,75 @@ class _Stages:
                 break
         return {}
 
-    def infer(self, frame: Frame) -> _Inferred:
+    def prepare(self, frame: Frame) -> _Prepared:
         stage = "regions"
         spent = self._read_seconds(frame.index) if self.on_frame is not None else {}
+        views: list[np.ndarray] = []
+        batch: np.ndarray | None = None
+        colour: np.ndarray | None = None
         try:
             t0 = time.perf_counter()
             regions = self.finder.find(frame.image)
             t1 = time.perf_counter()
             self._observe(spent, "regions", t1 - t0)
-            decisions: list[Decision] = []
-            views = []
             if regions:
                 stage = "preprocess"
                 views = [crop(frame.image, r) for r in regions]
                 batch = prepare_batch(views, self.input_size)
+                # The colour histogram reads the very tensor the backbone gets; computed here, it overlaps the
+                # previous frame's embed instead of following it.
+                colour = colour_descriptor(batch) if self.colour_weight > 0 else None
+                self._observe(spent, "preprocess", time.perf_counter() - t1)
+        except Exception as exc:
+            raise _StageError(stage) from exc
+        return _Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent)
+
+    # ---- inference: one backend call per frame -> head -> publish queue
+
+    def inference_loop(self) -> None:
+        while (item := self.tensors_q.get_or_end(self.abort)) is not _END:
+            try:
+                inferred = self.infer(item)
+            except _StageError as exc:
+                self._count_error(exc.stage)
+                self._log_infer_error("frame %s failed in %s: %s", item.source_ref, exc.stage, exc.__cause__)
+                continue
+            if not self.publish_q.put_or_abort(inferred, self.abort):
+                return
+
+    def infer(self, item: _Prepared) -> _Inferred:
+        stage = "inference"
+        spent = item.spent
+        decisions: list[Decision] = []
+        try:
+            if item.batch is not None:
                 t2 = time.perf_counter()
-                self._observe(spent, "preprocess", t2 - t1)
-                stage = "inference"
-                embeddings = self.backend.embed(batch)  # every region of the frame in one call
+                embeddings = self.backend.embed(item.batch)  # every region of the frame in one call
                 t3 = time.perf_counter()
                 self._observe(spent, "inference", t3 - t2)
                 stage = "head"
-                decisions = self.head.decide(head_input(embeddings, batch, self.head.config.colour_weight))
+                decisions = self.head.decide(compose(embeddings, item.colour, self.colour_weight))
                 self._observe(spent, "head", time.perf_counter() - t3)
-                if len(decisions) != len(regions):
-                    raise ModelError(f"{len(regions)} regions but {len(decisions)} decisions")
+                if len(decisions) != len(item.regions):
+                    raise ModelError(f"{len(item.regions)} regions but {len(decisions)} decisions")
         except Exception as exc:
             raise _StageError(stage) from exc
         # Copy only the crops that will be published: the frame itself can then be freed while the publish
         # thread encodes.
         crops: list[np.ndarray | None] = [
             view.copy() if self.mqtt.publish_crops and self._object_topic(d) else None
-            for view, d in zip(views, decisions, strict=True)
+            for view, d in zip(item.views, decisions, strict=True)
         ]
         with self.lock:
             self.counts.frames_processed += 1
-            self.counts.regions += len(regions)
+            self.counts.regions += len(item.regions)
             for d in decisions:
                 self.counts.routes[d.route] += 1
         self.metrics.frames_processed.inc()
-        self.metrics.regions.inc(len(regions))
+        self.metrics.regions.inc(len(item.regions))
         for d in decisions:
             self.metrics.count_prediction(_top1(d), d.route)
-        return _Inferred(frame.index, frame.source_ref, frame.ts, regions, decisions, crops, spent)
+        return _Inferred(item.frame_id, item.source_ref, item.ts, item.regions, decisions, crops, spent)
 
     def _object_topic(self, d: Decision) -> str | None:
         if d.route == "verify":
@@ -1021,7 +1093,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
                 auth_error = publisher.fatal_error
                 stop.set()
 
-        # 8. Drain: stop capturing, let inference and publishing finish what is queued, then wait for acks.
+        # 8. Drain: stop capturing, let the other stages finish what is queued, then wait for acks.
         stop.set()
         deadline = time.monotonic() + max(0.0, options.drain_timeout_s)
         health.stopping("draining")

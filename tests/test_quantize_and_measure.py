@@ -79,6 +79,24 @@ def test_footprint_measured_in_a_subprocess(tiny_model_path: Path) -> None:
     assert small.latency_ms_p50 > 0 and small.latency_ms_p95 >= small.latency_ms_p50
     # The 64 MiB frame queue is really allocated and touched in the child, so the peak must show it.
     assert big.peak_rss_mib - small.peak_rss_mib > 0.8 * 64
+    tensors = measure_in_subprocess(
+        tiny_model_path, backend="onnxruntime-cpu", threads=1, runs=5, warmup=1, tensor_bytes=frame_bytes
+    )
+    assert tensors.peak_rss_mib - small.peak_rss_mib > 0.8 * 64  # so is the tensor queue
+
+
+def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:
+    from edge_runtime.build.footprint import FRAME_QUEUE_DEPTH, TENSOR_QUEUE_DEPTH, tensor_queue_bytes
+    from edge_runtime.build.pipeline import regions_per_frame
+    from edge_runtime.profile import load_profile
+    from edge_runtime.run import pipeline as run
+
+    assert FRAME_QUEUE_DEPTH == run.FRAME_QUEUE + run.TENSOR_QUEUE + run.PUBLISH_QUEUE
+    assert TENSOR_QUEUE_DEPTH == run.TENSOR_QUEUE
+    assert tensor_queue_bytes(3, 224) == TENSOR_QUEUE_DEPTH * 3 * 3 * 224 * 224 * 4
+    shelf = load_profile("shelf-cam-v1")  # fixed shelf regions
+    assert regions_per_frame(shelf) == min(len(shelf.regions.fixed), shelf.regions.max_regions)
+    assert load_profile("dev-cpu").regions.mode == "full" and regions_per_frame(load_profile("dev-cpu")) == 1
 
 
 def test_measurement_failure_is_a_model_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from edge_runtime.build import catalogue as cat
-from edge_runtime.build.footprint import MIB, measure_in_subprocess
+from edge_runtime.build.footprint import MIB, measure_in_subprocess, tensor_queue_bytes
 from edge_runtime.build.pipeline import (
     FRAME_QUEUE_DEPTH,
     HOLDOUT_FOLDS,
@@ -29,6 +29,7 @@ from edge_runtime.build.pipeline import (
     default_cache_dir,
     load_backbone,
     measurement_backend,
+    regions_per_frame,
 )
 from edge_runtime.build.quantize import make_variant
 from edge_runtime.build.readiness import ReadinessReport, read_history, run_readiness, write_report
@@ -95,6 +96,7 @@ def run_check(
             frame_bytes=frame_bytes,
             runs=runs,
             embedding_output=embedding_output,
+            tensor_bytes=tensor_queue_bytes(regions_per_frame(prof), size),
         )
         model_file_mib = model_path.stat().st_size / MIB
     finally:
@@ -120,11 +122,13 @@ def run_check(
     head_mib = head.nbytes / MIB
     footprint = m.peak_rss_mib + m.gpu_mib + head_mib
     frames_mib = frame_bytes / MIB
+    tensors_mib = tensor_queue_bytes(regions_per_frame(prof), size) / MIB
     # Parts for the footprint plot: the measured peak split into what it is made of (weights ~ the model file).
-    session = max(0.0, m.peak_rss_mib - m.baseline_rss_mib - frames_mib - model_file_mib)
+    session = max(0.0, m.peak_rss_mib - m.baseline_rss_mib - frames_mib - tensors_mib - model_file_mib)
     parts = {
         "runtime (interpreter, libraries)": m.baseline_rss_mib,
         "frame queue": frames_mib,
+        "tensor queue": tensors_mib,
         "weights": model_file_mib,
         "activations and session": session,
         "embedding tables (head)": head_mib,

@@ -27,6 +27,17 @@ from edge_runtime.errors import ModelError
 from edge_runtime.memory import RssPeakSampler, vm_hwm_bytes
 from edge_runtime.types import Measurement
 
+# edge-run holds at most this many camera frames at once: its FRAME_QUEUE + TENSOR_QUEUE + PUBLISH_QUEUE
+# (run/pipeline.py; a test keeps the two in step). Each TENSOR_QUEUE item also holds its regions' float tensors.
+FRAME_QUEUE_DEPTH = 6
+TENSOR_QUEUE_DEPTH = 2
+
+
+def tensor_queue_bytes(regions_per_frame: int, input_size: int) -> int:
+    """Bytes of prepared float32 region tensors edge-run's tensor queue can hold at once."""
+    return TENSOR_QUEUE_DEPTH * max(1, regions_per_frame) * 3 * input_size * input_size * 4
+
+
 MIB = 1024 * 1024
 
 
@@ -41,6 +52,7 @@ def measure_in_subprocess(
     frame_bytes: int = 0,
     embedding_output: str = "embedding",
     timeout_s: float = 600.0,
+    tensor_bytes: int = 0,
 ) -> Measurement:
     """Run the child and parse the one JSON line it prints."""
     cmd = [
@@ -61,6 +73,8 @@ def measure_in_subprocess(
         str(runs),
         "--frame-bytes",
         str(frame_bytes),
+        "--tensor-bytes",
+        str(tensor_bytes),
         "--embedding-output",
         embedding_output,
     ]
@@ -94,6 +108,8 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
     sampler = RssPeakSampler()
     sampler.start()
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
+    # edge-run's tensor queue: prepared region batches waiting for the backend, held for the whole run.
+    tensors = np.ones(max(args.tensor_bytes, 0), dtype=np.uint8)
     backend = create_backend(
         args.backend, Path(args.model), threads=args.threads, embedding_output=args.embedding_output
     )
@@ -110,6 +126,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
         del frames  # the runtime-like load holds real frames in real queues instead
         _runtime_like_load(backend, args.frame_bytes, args.batch)
     peak = max(sampler.stop(), vm_hwm_bytes())
+    del tensors
     gpu_mib = 0.0
     if gpu_wanted and backend.name != "onnxruntime-cpu":  # a fallback to the CPU holds no GPU memory
         gpu_mib = footprint_gpu_mib(gpu_memory_used_mib(), unified_before, unified_memory_used_mib())
@@ -128,7 +145,7 @@ def _child(args: argparse.Namespace) -> dict[str, object]:
 
 
 RUNTIME_LIKE_FRAMES = 20
-_QUEUE = 2  # edge-run's FRAME_QUEUE and PUBLISH_QUEUE
+_QUEUE = 2  # edge-run's FRAME_QUEUE and PUBLISH_QUEUE (its TENSOR_QUEUE's frames are in frame_bytes)
 
 
 def _runtime_like_load(backend: Any, frame_bytes: int, batch: int) -> None:
@@ -139,7 +156,7 @@ def _runtime_like_load(backend: Any, frame_bytes: int, batch: int) -> None:
     flow, decoder and encoder buffers plus one malloc arena per thread (about 15 MiB). So: import what edge-run
     imports, make its metrics registry, MQTT client and SQLite outbox, and pass a few camera-sized frames through
     three threads joined by bounded queues: decode -> preprocess and infer -> JPEG crop, JSON, outbox write.
-    ``frame_bytes`` counts edge-build's four queued frames; the frame is 4:3 of a quarter of it.
+    ``frame_bytes`` counts edge-build's FRAME_QUEUE_DEPTH queued frames; the frame is 4:3 of that share of it.
     """
     # The runtime's modules, imported here only: this child measures the device process, which is edge-run.
     import base64
@@ -158,7 +175,7 @@ def _runtime_like_load(backend: Any, frame_bytes: int, batch: int) -> None:
     from edge_runtime.run.outbox import Outbox
     from edge_runtime.types import OutMessage
 
-    pixels = max(frame_bytes // (4 * 3), 64 * 48)
+    pixels = max(frame_bytes // (FRAME_QUEUE_DEPTH * 3), 64 * 48)
     height = max(48, int((pixels * 3 / 4) ** 0.5))
     width = max(64, pixels // height)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -226,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--frame-bytes", type=int, default=0)
+    parser.add_argument("--tensor-bytes", type=int, default=0)
     parser.add_argument("--embedding-output", default="embedding")
     args = parser.parse_args(argv)
     try:

@@ -22,7 +22,7 @@ from edge_runtime.build import catalogue as cat
 from edge_runtime.build.augment import augment_batch
 from edge_runtime.build.backbone import BACKBONE_GRAPH_VERSION, EMBEDDING_OUTPUT, MULTI_EMBEDDING_OUTPUT
 from edge_runtime.build.choose import choose, format_table, violations
-from edge_runtime.build.footprint import MIB, measure_in_subprocess
+from edge_runtime.build.footprint import FRAME_QUEUE_DEPTH, MIB, measure_in_subprocess, tensor_queue_bytes
 from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
 from edge_runtime.build.readiness import ReadinessReport, run_readiness, write_report
 from edge_runtime.bundle import (
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 HOLDOUT_FOLDS = 4
 RANKING_SHRINKAGE = 0.2
 # Frames the runtime keeps queued at the camera resolution; counted in the measured footprint.
-FRAME_QUEUE_DEPTH = 4
 EMBED_BATCH = 16
 
 
@@ -257,6 +256,16 @@ def _embed_views(
     return emb, np.tile(np.arange(n), views)
 
 
+def regions_per_frame(profile: DeviceProfile) -> int:
+    """The most regions edge-run embeds per frame with this profile: what its tensor queue is sized by."""
+    r = profile.regions
+    if r.mode == "full":
+        return 1
+    if r.mode == "fixed":
+        return min(len(r.fixed), r.max_regions)
+    return r.max_regions
+
+
 def _ranking_projection(feats: np.ndarray, labels: np.ndarray) -> Projection:
     """The projection used to rank variants: the head's LDA at a fixed, middle shrinkage (the full head
     chooses its own by cross-validation, which is too slow to repeat for every variant)."""
@@ -428,6 +437,9 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "head_mib": round(footprint.table_mib, 4),
             "gpu_mib": round(footprint.gpu_mib, 2),
             "frame_queue_mib": round(frame_bytes / MIB, 2),
+            "tensor_queue_mib": round(
+                tensor_queue_bytes(regions_per_frame(profile), chosen.spec.model.input_size) / MIB, 2
+            ),
         },
         "budget_mib": budget,
         "min_headroom": profile.device.min_headroom,
@@ -499,6 +511,7 @@ def _candidates_for(
         frame_bytes=frame_bytes,
         runs=runs,
         embedding_output=embedding_output,
+        tensor_bytes=tensor_queue_bytes(regions_per_frame(profile), variant.input_size),
     )
     # Quantisation is judged on the embeddings alone; ranking on what the head will read.
     cos = np.sum(l2_normalise(feats) * l2_normalise(fp32_feats), axis=1)

@@ -17,13 +17,11 @@ on a GPU device the CPU work of the next frames (resize, crop, colour histogram)
 ``embed`` instead of queueing in front of it. Each queue carries the end marker on to the next, so a stop or
 the end of a file processes and stores every frame already read.
 
-``FRAME_QUEUE + PUBLISH_QUEUE`` frames is what edge-build counts in the footprint as the frame queue (four frames
-at the camera resolution). The tensor queue is not in that count yet, because edge-build's figure is a frame
-count and a tensor is not a frame: each of its ``TENSOR_QUEUE`` items holds one frame (its crops are views,
-copied only once the head says they will be published) plus float tensors of regions x 3 x S x S x 4 bytes
-(0.6 MiB for a full-frame region at 224 px; 9.2 MiB at the default ``max_regions`` of 16). Bounded, but up to
-about 20 MiB that only the profile's minimum headroom covers today; edge-build should add
-``TENSOR_QUEUE`` frames and ``TENSOR_QUEUE x max_regions`` tensors at the variant's input size.
+``FRAME_QUEUE + TENSOR_QUEUE + PUBLISH_QUEUE`` frames at the camera resolution is what edge-build counts in the
+footprint as the frame queue (``build.footprint.FRAME_QUEUE_DEPTH``; a test keeps them in step), plus the tensor
+queue's float tensors: ``TENSOR_QUEUE`` x regions per frame x 3 x S x S x 4 bytes at the variant's input size
+(1.2 MiB for full-frame regions at 224 px; 18 MiB with 16 detector regions). Crops are views into their frame,
+copied only once the head says they will be published.
 
 Messages (``DESIGN.md``, *Formats*): ``edge.results/1`` per processed frame, ``edge.unknown/1`` and
 ``edge.verify/1`` per object with its JPEG crop, ``edge.heartbeat/1`` every ``heartbeat_s``; the retained

@@ -172,6 +172,8 @@ def test_every_video_frame_yields_one_results_message(
     assert states[0] == "online" and states[-1] == "offline"
     (beat,) = by_schema(payloads, "edge.heartbeat/1").values()  # the final one; the interval is 30 s
     assert beat["frames"]["processed"] == VIDEO_FRAMES and beat["outbox_depth"] >= 0 and beat["rss_mib"] > 0
+    # The profile's uplink cap is in force and reported; the bytes counted so far exclude this heartbeat itself.
+    assert beat["uplink"]["cap_bytes_per_s"] == 250_000 and beat["uplink"]["bytes"] > 0
 
 
 def test_image_folder_one_result_per_image_named_by_file(

@@ -1291,6 +1291,7 @@ class _Heartbeat:
             source_reconnects=self.stages.source.reconnects,
             source_read_failures=self.stages.source.read_failures,
             frames_flowing=self.health.frames_flowing(),
+            uplink=(stats.uplink_bytes, stats.uplink_wait_s, stats.uplink_throttled),
         )
         self._last_refresh = time.monotonic()
 
@@ -1308,6 +1309,7 @@ class _Heartbeat:
         fps = (counts.frames_processed - self._last_processed) / max(1e-9, now - self._last_beat)
         self._last_beat, self._last_processed = now, counts.frames_processed
         stats = self.outbox.stats()
+        uplink = self.publisher.stats()
         payload = {
             "schema": HEARTBEAT_SCHEMA,
             "id": uuid.uuid4().hex,
@@ -1322,6 +1324,13 @@ class _Heartbeat:
             "headroom": round(self.headroom, 4),
             "outbox_depth": stats.depth,
             "outbox_bytes": stats.bytes,
+            # A growing outbox with throttled=true is the profile's uplink cap at work, not a broker problem.
+            "uplink": {
+                "cap_bytes_per_s": uplink.uplink_bytes_per_s,
+                "bytes": uplink.uplink_bytes,
+                "wait_s": round(uplink.uplink_wait_s, 1),
+                "throttled": uplink.uplink_throttled,
+            },
             "frames": {
                 "read": counts.frames_read,
                 "processed": counts.frames_processed,

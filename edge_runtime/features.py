@@ -50,3 +50,15 @@ def compose(embeddings: np.ndarray, colour: np.ndarray | None, weight: float) ->
 def head_input(embeddings: np.ndarray, batch: np.ndarray, weight: float) -> np.ndarray:
     """``compose`` for a batch of backbone inputs, computing their colour only when the head reads it."""
     return compose(embeddings, colour_descriptor(batch) if weight > 0 else None, weight)
+
+
+def looks_monochrome(image_bgr: np.ndarray, tolerance: int = 2) -> bool:
+    """True when every (sampled) pixel has equal channels: a monochrome or IR camera delivered as BGR.
+
+    A head fitted with colour on colour catalogue photos sees only zero saturation from such a camera.
+    ``tolerance`` absorbs the +-1 rounding of a YUV -> BGR conversion of a luma-only stream.
+    """
+    if image_bgr.ndim == 2 or image_bgr.shape[2] == 1:
+        return True
+    sample = image_bgr[::8, ::8, :3].astype(np.int16)
+    return bool(np.abs(sample - sample[..., :1]).max() <= tolerance)

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle import json_bytes, npz_bytes
-from edge_runtime.features import COLOUR_BINS, COLOUR_DIM, colour_descriptor, compose, head_input
+from edge_runtime.features import (
+    COLOUR_BINS,
+    COLOUR_DIM,
+    colour_descriptor,
+    compose,
+    head_input,
+    looks_monochrome,
+)
 from edge_runtime.head.fit import FitSettings, fit_head
 from edge_runtime.head.model import Head
 from edge_runtime.preprocess import prepare_batch, read_image
@@ -80,3 +87,14 @@ def test_head_records_the_colour_it_reads_and_refuses_another_descriptor() -> No
         Head.from_parts(skus, {k: arrays[k] for k in arrays.files}, doc)
     del doc["input"]  # a bundle from before the descriptor reads embeddings only
     assert Head.from_parts(skus, {k: arrays[k] for k in arrays.files}, doc).config.colour_weight == 0.0
+
+
+def test_monochrome_frames_are_recognised_in_every_form_a_camera_delivers() -> None:
+    photo = read_image(str(grocery_images("train", limit=1)[0]))
+    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    assert not looks_monochrome(photo)
+    assert looks_monochrome(grey) and looks_monochrome(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    # A luma-only stream through a YUV -> BGR conversion (neutral chroma): equal channels up to rounding.
+    h, w = grey.shape
+    i420 = np.concatenate([grey, np.full((h // 2, w), 128, np.uint8)])[: h * 3 // 2]
+    assert looks_monochrome(cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))

@@ -30,6 +30,7 @@ from edge_runtime.cli import build_main, run_main
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
 from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.pipeline import (
+    MONO_CHECK_FRAMES,
     PUBLISH_QUEUE,
     TENSOR_QUEUE,
     FrameTiming,
@@ -344,6 +345,27 @@ def test_stop_with_every_queue_full_processes_every_frame_read_in_order(
     assert summary.frames_processed == summary.frames_read
     assert stored == list(range(summary.frames_read))
     assert "did not finish" not in caplog.text  # each thread saw its end marker; none waited out the drain timeout
+
+
+def test_monochrome_camera_with_a_colour_head_is_warned_once(
+    assets: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The module's bundle reads colour; a monochrome camera (single-channel JPEGs, decoded to BGR) cannot feed it.
+    folder = tmp_path / "mono"
+    folder.mkdir()
+    shots = sorted(assets["folder"].glob("*.jpg"))
+    for i in range(MONO_CHECK_FRAMES + 5):
+        grey = cv2.cvtColor(cv2.imread(str(shots[i % len(shots)])), cv2.COLOR_BGR2GRAY)
+        cv2.imwrite(str(folder / f"mono_{i:03d}.jpg"), grey)
+    with caplog.at_level("WARNING", logger="edge_runtime.run.pipeline"):
+        summary = run(options(assets, tmp_path, None, source=str(folder), publish=False))
+    assert summary.frames_processed == MONO_CHECK_FRAMES + 5 and summary.frame_errors == 0
+    warnings = [r.getMessage() for r in caplog.records if "monochrome" in r.getMessage()]
+    assert len(warnings) == 1 and 'colour = "off"' in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge_runtime.run.pipeline"):
+        run(options(assets, tmp_path / "colour", None, source=str(assets["folder"]), publish=False))
+    assert "monochrome" not in caplog.text
 
 
 class _FaultyCamera(Source):

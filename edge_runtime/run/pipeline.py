@@ -74,7 +74,7 @@ import edge_runtime
 from edge_runtime.backends import Backend, create_backend, first_available
 from edge_runtime.bundle import MODEL, PROFILE, Bundle, load_bundle
 from edge_runtime.errors import AuthError, BundleError, EdgeError, ModelError, UsageError
-from edge_runtime.features import colour_descriptor, compose
+from edge_runtime.features import colour_descriptor, compose, looks_monochrome
 from edge_runtime.head.model import Head, load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.profile import Camera, DeviceProfile
@@ -113,6 +113,7 @@ FRAME_QUEUE = 2  # frames waiting for preprocessing
 # each slot is one more frame of delay when inference is the bottleneck.
 TENSOR_QUEUE = 2
 PUBLISH_QUEUE = 2  # inferred frames waiting to be encoded and stored
+MONO_CHECK_FRAMES = 30  # frames that must all look monochrome before the colour warning (a grey scene is not one)
 FEEDBACK_MEMORY = 10_000  # results messages, and separately unknown/verify objects, that feedback can refer to
 LATENCY_WINDOW = 512  # recent frame latencies the heartbeat's percentiles are taken over
 DEMO_VIDEO_SECONDS = 10.0
@@ -570,6 +571,8 @@ class _Stages:
         self.tensors_q = StageQueue(TENSOR_QUEUE)
         self.publish_q = StageQueue(PUBLISH_QUEUE)
         self.colour_weight = float(head.config.colour_weight)
+        # Frames checked for a monochrome camera while the head reads colour (warned once, after MONO_CHECK_FRAMES).
+        self._mono_seen = 0 if self.colour_weight > 0 else MONO_CHECK_FRAMES
         self.on_frame = on_frame
         # (frame index, read seconds) of queued frames, for on_frame only: Frame is immutable and shared.
         self._read_s: deque[tuple[int, float]] = deque()
@@ -727,6 +730,8 @@ class _Stages:
             self._observe(spent, "regions", t1 - t0)
             if regions:
                 stage = "preprocess"
+                if self._mono_seen < MONO_CHECK_FRAMES:
+                    self._check_monochrome(frame.image)
                 views = [crop(frame.image, r) for r in regions]
                 batch = prepare_batch(views, self.input_size)
                 # The colour histogram reads the very tensor the backbone gets; computed here, it overlaps the
@@ -736,6 +741,18 @@ class _Stages:
         except Exception as exc:
             raise _StageError(stage) from exc
         return _Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent)
+
+    def _check_monochrome(self, image: np.ndarray) -> None:
+        if not looks_monochrome(image):
+            self._mono_seen = MONO_CHECK_FRAMES + 1  # a colour frame: nothing to say
+            return
+        self._mono_seen += 1
+        if self._mono_seen == MONO_CHECK_FRAMES:
+            log.warning(
+                "the first %d frames are monochrome but the bundle's head reads colour: recognition will be poor; "
+                'rebuild the bundle with [head] colour = "off" in the profile for this camera',
+                MONO_CHECK_FRAMES,
+            )
 
     # ---- inference: one backend call per frame -> head -> publish queue
 

@@ -157,7 +157,10 @@ def run_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default: the profile's; 0 = off)")
     parser.add_argument("--mqtt-host", help="broker host (default: the profile's)")
     parser.add_argument("--mqtt-port", type=int, help="broker port (default: the profile's)")
-    parser.add_argument("--device-id", help="device id in MQTT topics (default: the profile's)")
+    parser.add_argument(
+        "--device-id",
+        help="device id in MQTT topics (default: the profile's, + -CAMERA when it has several cameras)",
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,

@@ -261,7 +261,9 @@ class Mqtt(BaseModel):
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS by convention).")
     topic_prefix: str = Field(default="edge", min_length=1, description="First topic level: PREFIX/DEVICE_ID/...")
     device_id: str | None = Field(
-        default=None, pattern=_NAME_PATTERN, description="Device id in topics; unset = device.name."
+        default=None,
+        pattern=_NAME_PATTERN,
+        description="Device id in topics; unset = device.name. With several cameras each edge-run appends -CAMERA.",
     )
     qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service for published messages.")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval in seconds.")

@@ -519,3 +519,44 @@ def test_from_profile_passes_the_uplink_cap(outbox: Outbox) -> None:
     assert unlimited.stats().uplink_bytes_per_s is None
     with pytest.raises(UsageError):
         MqttPublisher(host="h", port=1, device_id=DEVICE, outbox=outbox, uplink_bytes_per_s=0)
+
+
+def test_each_camera_of_a_multi_camera_profile_is_its_own_mqtt_client(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from edge_runtime.profile import load_profile
+    from edge_runtime.run.pipeline import instance_device_id
+
+    cart = load_profile("cart-v2")  # two cameras: systemd runs one edge-run per camera
+    ids = [instance_device_id(cart, camera) for camera in cart.cameras]
+    assert ids == [f"{cart.mqtt_device_id}-{camera.name}" for camera in cart.cameras]
+    assert instance_device_id(cart, cart.cameras[0], "unit-7") == "unit-7"  # an explicit --device-id wins
+    single = load_profile("dev-cpu")
+    assert instance_device_id(single, single.cameras[0]) == single.mqtt_device_id
+
+    def side_by_side(device_ids: list[str]) -> list[int]:
+        """Disconnects each publisher suffered in 3 s next to the other."""
+        boxes = [
+            Outbox(tmp_path / f"{i}-{d}" / OUTBOX_FILENAME, max_bytes=1 << 20, ttl_s=60)
+            for i, d in enumerate(device_ids)
+        ]
+        pubs = [
+            MqttPublisher(host=mosquitto.host, port=mosquitto.port, device_id=d, outbox=b, reconnect_min_s=0.2)
+            for d, b in zip(device_ids, boxes, strict=True)
+        ]
+        try:
+            for p in pubs:
+                p.start()
+                assert p.wait_connected(10), mosquitto.log_tail()
+            time.sleep(3.0)
+            return [p.stats().disconnects for p in pubs]
+        finally:
+            for p in pubs:
+                p.close(publish_offline=False, timeout_s=1.0)
+            for b in boxes:
+                b.close()
+
+    # One id for both cameras: the broker drops whichever connected first each time the other (re)connects.
+    assert sum(side_by_side([cart.mqtt_device_id] * 2)) >= 2
+    assert side_by_side(ids) == [0, 0]
+    statuses = Collector(mosquitto.host, mosquitto.port, "edge/+/status")
+    assert statuses.wait_for(lambda ps: {p.get("device_id") for p in ps} >= set(ids), 5)
+    statuses.close()

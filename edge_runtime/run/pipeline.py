@@ -232,6 +232,20 @@ def event_id_for_region(results_id: str, index: int) -> str:
     return f"{results_id}:{index}"
 
 
+def instance_device_id(profile: DeviceProfile, camera: Camera, explicit: str | None = None) -> str:
+    """The MQTT identity of one edge-run instance: ``--device-id`` when given, else the profile's device id, with
+    ``-CAMERA`` appended when the profile has several cameras.
+
+    systemd runs one edge-run per camera. Two instances under one id would share the MQTT client id (the broker
+    disconnects one whenever the other connects, so both flap) and one retained status topic (either one's last
+    will would mark the other offline). One id per camera keeps the DESIGN's ``{prefix}/{device}/...`` topics.
+    """
+    if explicit:
+        return explicit
+    base = profile.mqtt_device_id
+    return f"{base}-{camera.name}" if len(profile.cameras) > 1 else base
+
+
 def default_state_dir(device_id: str, camera: str) -> Path:
     """$STATE_DIRECTORY (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edge_runtime/DEVICE-CAMERA``.
 
@@ -974,8 +988,14 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         profile = bundle_profile(bundle)
         bundle = _enforce_signature_policy(bundle, profile)
         camera = pick_camera(profile, options.camera)
-        device_id = options.device_id or profile.mqtt_device_id
-        state_dir = Path(options.state_dir) if options.state_dir else default_state_dir(device_id, camera.name)
+        device_id = instance_device_id(profile, camera, options.device_id)
+        state_dir = (
+            Path(options.state_dir)
+            if options.state_dir
+            else default_state_dir(options.device_id or profile.mqtt_device_id, camera.name)
+        )
+        if device_id != profile.mqtt_device_id and not options.device_id:
+            log.info("profile has %d cameras: this instance publishes as %s", len(profile.cameras), device_id)
         head = load_head(bundle)
         skus = [s.code for s in head.skus]
 

@@ -33,8 +33,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from build_scripts.make_signing_key import write_key_pair
-from edge_runtime.bundle import MANIFEST, MODEL, PROFILE, PROTOTYPES, SIGNATURE
+from edge_runtime.bundle import HEAD, MANIFEST, MODEL, PROFILE, PROTOTYPES, SIGNATURE
 from edge_runtime.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE
+from edge_runtime.features import COLOUR_BINS
 from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES
 from edge_runtime.run.pipeline import event_id_for_region
@@ -269,6 +270,11 @@ def test_tampered_and_hostile_bundles(work: Path, assets: Assets, video: Path) -
     pickled = rebundle(good, d / "pickle", replace={PROTOTYPES: buf.getvalue()})
     bad_profile = rebundle(good, d / "bad-profile", replace={PROFILE: b'{"device": {"name": "x"}}\n'})
     bad_labels = rebundle(good, d / "bad-labels", replace={"labels.json": b'[{"sku": 1}]\n'})
+    head_doc = json.loads((good / HEAD).read_text())
+    # A head from another build: it reads colour where this model's head does not, or the other way round.
+    reads_colour = bool((head_doc.get("input") or {}).get("colour_weight"))
+    head_doc["input"] = {"colour_weight": 0.0 if reads_colour else 0.6, "colour_bins": list(COLOUR_BINS)}
+    other_head = rebundle(good, d / "other-head", replace={HEAD: json.dumps(head_doc).encode()})
     evil_tar = d / "evil.tar.gz"
     with tarfile.open(evil_tar, "w:gz") as tar:
         info = tarfile.TarInfo("../../etc/cron.d/evil")
@@ -304,6 +310,7 @@ def test_tampered_and_hostile_bundles(work: Path, assets: Assets, video: Path) -
         case("pickle in the prototype table", "object array in prototypes.npz, hashes consistent", pickled),
         case("profile.json is not a profile", "profile.json replaced, hashes consistent", bad_profile),
         case("labels inconsistent with the head", "labels.json replaced, hashes consistent", bad_labels),
+        case("head reads another input width", "head.json's colour input flipped, hashes consistent", other_head),
         case("tarball escaping its folder", "member ../../etc/cron.d/evil", evil_tar),
         case("not a tarball", "junk.tar.gz", junk_tar),
         case("bundle missing", "no such directory", d / "nowhere"),
@@ -320,6 +327,7 @@ def test_tampered_and_hostile_bundles(work: Path, assets: Assets, video: Path) -
     assert "model.onnx: sha256 mismatch" in errors["flipped byte"]
     assert "run-me.py: file not listed" in errors["unlisted file"]
     assert "refused" in errors["pickle in the prototype table"]
+    assert "head.json: the head reads" in errors["head reads another input width"]
     assert "unsafe member" in errors["tarball escaping its folder"]
     assert not (work / "etc").exists() and not Path("/etc/cron.d/evil").exists()
     for name in ("unsigned, device requires signatures", "unsigned, its profile requires signatures"):

@@ -72,9 +72,9 @@ from pydantic import ValidationError
 
 import edge_runtime
 from edge_runtime.backends import Backend, create_backend, first_available
-from edge_runtime.bundle import MODEL, PROFILE, Bundle, load_bundle
+from edge_runtime.bundle import HEAD, MODEL, PROFILE, Bundle, load_bundle
 from edge_runtime.errors import AuthError, BundleError, EdgeError, ModelError, UsageError
-from edge_runtime.features import colour_descriptor, compose, looks_monochrome
+from edge_runtime.features import COLOUR_DIM, colour_descriptor, compose, looks_monochrome
 from edge_runtime.head.model import Head, load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.profile import Camera, DeviceProfile
@@ -230,6 +230,28 @@ def utc_iso(ts: float) -> str:
 def event_id_for_region(results_id: str, index: int) -> str:
     """The feedback ``event_id`` of region ``index`` of a results message."""
     return f"{results_id}:{index}"
+
+
+def _check_head_input(bundle: Bundle, backend: Backend, head: Head) -> None:
+    """One embedding at startup: a head that reads another width than the model (+ colour) gives would fail
+    every frame, which a service would only show as a counter; better to refuse the bundle now."""
+    try:
+        probe = backend.embed(np.zeros((1, 3, backend.input_size, backend.input_size), dtype=np.float32))
+    except EdgeError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"{bundle.root / MODEL}: the model fails on a blank frame ({type(exc).__name__}: {exc})",
+            hint="check the backend's log above; rebuild the bundle if the model is at fault",
+        ) from None
+    colour = COLOUR_DIM if head.config.colour_weight > 0 else 0
+    wanted = int(head.projection.matrix.shape[0])
+    if probe.ndim != 2 or probe.shape[1] + colour != wanted:
+        given = f"{probe.shape[-1]}-d embeddings" + (f" + {colour} colour bins" if colour else "")
+        raise BundleError(
+            f"{bundle.root / HEAD}: the head reads {wanted}-d input but the model gives {given}",
+            hint="the head and the model come from different builds: rebuild the bundle with edge-build",
+        )
 
 
 def instance_device_id(profile: DeviceProfile, camera: Camera, explicit: str | None = None) -> str:
@@ -1008,6 +1030,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
                 f"{bundle.root / MODEL}: model input is {backend.input_size}, the manifest says {input_size}",
                 hint="rebuild the bundle",
             )
+        _check_head_input(bundle, backend, head)
 
         # 3. The source (lazy for cameras: the first read connects), sampler and region finder.
         if options.frames is not None:

@@ -350,6 +350,15 @@ class HeadFit(BaseModel):
             " 0 = photos only. Costs build time (one more embedding pass per view), nothing at run time."
         ),
     )
+    activation_clip_percentile: FiniteFloat = Field(
+        default=90.0,
+        ge=0,
+        le=100,
+        description=(
+            "Clip the backbone's pooled head activations at this percentile of catalogue activations before the"
+            " multi-layer embedding normalises them (ReAct); 0 = off. Default backbone only; free at run time."
+        ),
+    )
     colour: Literal["auto", "on", "off"] = Field(
         default="auto",
         description=(

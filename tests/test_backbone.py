@@ -116,6 +116,42 @@ def test_multi_layer_embedding(exported_224: Path) -> None:
         np.testing.assert_allclose(np.linalg.norm(part, axis=1) * np.sqrt(3), 1.0, atol=1e-5)
 
 
+def test_clipped_head_caps_only_the_head_part_of_the_multi_layer_embedding(exported_224: Path) -> None:
+    if not TRAIN_IMAGES.is_dir():
+        pytest.skip(f"shared images not found under {SHARED}")
+    batch = prepare_batch([read_image(str(p)) for p in sorted(TRAIN_IMAGES.rglob("*.jpg"))[:4]], 224)
+    model = onnx.load(str(exported_224))
+    plain = _named_outputs(_session(model), batch)
+    limit = float(np.percentile(plain[EMBEDDING_OUTPUT], 90))
+    clipped = _named_outputs(_session(backbone.clip_head(model, limit)), batch)
+    # What the clip means: the head part is the unit-length pooled activations capped at the limit.
+    capped = np.minimum(plain[EMBEDDING_OUTPUT], limit)
+    expected = capped / np.linalg.norm(capped, axis=1, keepdims=True) / np.sqrt(3)
+    np.testing.assert_allclose(clipped[MULTI_EMBEDDING_OUTPUT][:, :1280], expected, atol=1e-5)
+    assert np.abs(clipped[MULTI_EMBEDDING_OUTPUT][:, :1280] - plain[MULTI_EMBEDDING_OUTPUT][:, :1280]).max() > 1e-3
+    np.testing.assert_array_equal(clipped[MULTI_EMBEDDING_OUTPUT][:, 1280:], plain[MULTI_EMBEDDING_OUTPUT][:, 1280:])
+    np.testing.assert_array_equal(clipped[EMBEDDING_OUTPUT], plain[EMBEDDING_OUTPUT])  # the raw output stays raw
+    assert backbone.can_clip_head(model) and not backbone.can_clip_head(backbone.clip_head(model, limit))
+
+
+def test_build_clips_at_the_percentile_of_catalogue_activations(exported_224: Path, tmp_path: Path) -> None:
+    from edge_runtime.build import catalogue as cat
+    from edge_runtime.build.demo import generate_demo_catalogue
+    from edge_runtime.build.pipeline import clip_backbone
+
+    decoded = cat.decode_catalogue(
+        cat.load_catalogue(generate_demo_catalogue(tmp_path / "cat", seed=3, scale=0.25)), [96]
+    )
+    model = onnx.load(str(exported_224))
+    index = np.arange(16)
+    clipped, report = clip_backbone(model, MULTI_EMBEDDING_OUTPUT, 90.0, decoded, 96, index, 1, tmp_path)
+    assert report["limit"] > 0 and report["images"] == 16 and not backbone.can_clip_head(clipped)
+    assert [p.name for p in tmp_path.iterdir()] == ["cat"]  # the unclipped probe model is gone
+    for output, percentile in ((MULTI_EMBEDDING_OUTPUT, 0.0), (EMBEDDING_OUTPUT, 90.0)):
+        same, why = clip_backbone(model, output, percentile, decoded, 96, index, 1, tmp_path)
+        assert same is model and why["limit"] is None and why["why_not"]
+
+
 def test_export_at_192(tmp_path: Path) -> None:
     out = export_default_backbone(tmp_path / "bb192.onnx", input_size=192)
     images = np.random.default_rng(0).uniform(0, 255, (2, 3, 192, 192)).astype(np.float32)

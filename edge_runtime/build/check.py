@@ -26,6 +26,7 @@ from edge_runtime.build.pipeline import (
     _embed_views,
     catalogue_colour,
     choose_colour,
+    clip_backbone,
     default_cache_dir,
     load_backbone,
     measurement_backend,
@@ -73,6 +74,10 @@ def run_check(
     frame_bytes = FRAME_QUEUE_DEPTH * camera.width * camera.height * 3
     work = Path(tempfile.mkdtemp(prefix="edge-check-"))
     try:
+        backbone, clip_report = clip_backbone(
+            backbone, embedding_output, prof.head.activation_clip_percentile, decoded, size,
+            cat.stratified_sample(labels, b.calibration_images, seed), b.threads, work,
+        )  # fmt: skip
         model_path = work / f"model-fp32-{size}.onnx"
         onnx.save(make_variant(backbone, "fp32", size), str(model_path))
         log.info("embedding %d images with the fp32 model at %d px", len(labels), size)
@@ -119,6 +124,7 @@ def run_check(
     log.info("fitting the recognition head")
     head, head_report = fit_head(embeddings, labels, skus, settings, aug_emb, aug_source)
     head_report["colour"] = colour_report
+    head_report["activation_clip"] = clip_report
     head_mib = head.nbytes / MIB
     footprint = m.peak_rss_mib + m.gpu_mib + head_mib
     frames_mib = frame_bytes / MIB

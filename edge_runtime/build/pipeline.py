@@ -20,7 +20,13 @@ from edge_runtime import __version__
 from edge_runtime.backends import create_backend, first_available
 from edge_runtime.build import catalogue as cat
 from edge_runtime.build.augment import augment_batch
-from edge_runtime.build.backbone import BACKBONE_GRAPH_VERSION, EMBEDDING_OUTPUT, MULTI_EMBEDDING_OUTPUT
+from edge_runtime.build.backbone import (
+    BACKBONE_GRAPH_VERSION,
+    EMBEDDING_OUTPUT,
+    MULTI_EMBEDDING_OUTPUT,
+    can_clip_head,
+    clip_head,
+)
 from edge_runtime.build.choose import choose, format_table, violations
 from edge_runtime.build.footprint import FRAME_QUEUE_DEPTH, MIB, measure_in_subprocess, tensor_queue_bytes
 from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
@@ -197,6 +203,42 @@ def _embed(
     return np.concatenate(out)
 
 
+def clip_backbone(
+    backbone: onnx.ModelProto,
+    embedding_output: str,
+    percentile: float,
+    decoded: cat.DecodedCatalogue,
+    size: int,
+    index: np.ndarray,
+    threads: int,
+    work: Path,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The backbone with its pooled head activations clipped at ``percentile`` of what the catalogue images
+    ``index`` produce (``backbone.clip_head``), and the record of it for the manifest."""
+    report: dict[str, Any] = {"percentile": percentile, "limit": None}
+    if percentile <= 0:
+        report["why_not"] = "off in the profile"
+        return backbone, report
+    if embedding_output != MULTI_EMBEDDING_OUTPUT or not can_clip_head(backbone):
+        report["why_not"] = "the backbone has no multi-layer tail (only the default backbone has)"
+        return backbone, report
+    path = work / f"model-unclipped-{size}.onnx"
+    onnx.save(make_variant(backbone, "fp32", size), str(path))
+    backend = create_backend("onnxruntime-cpu", path, threads=threads, embedding_output=EMBEDDING_OUTPUT)
+    try:
+        pooled = np.concatenate(
+            [backend.embed(decoded.batch(size, index[s : s + EMBED_BATCH])) for s in range(0, len(index), EMBED_BATCH)]
+        )
+    finally:
+        backend.close()
+        path.unlink(missing_ok=True)
+    limit = float(np.percentile(pooled, percentile))
+    report["limit"] = round(limit, 6)
+    report["images"] = len(index)
+    log.info("head activations clipped at %.4f (percentile %g of %d catalogue images)", limit, percentile, len(index))
+    return clip_head(backbone, limit), report
+
+
 def catalogue_colour(decoded: cat.DecodedCatalogue, size: int) -> np.ndarray:
     """Colour descriptors of every catalogue image as the backbone sees it at ``size``."""
     n = len(decoded.labels)
@@ -299,6 +341,12 @@ def run_build(opts: BuildOptions) -> BuildResult:
     # Calibration only sets activation ranges, so it may draw on every image.
     calib_idx = cat.stratified_sample(labels, b.calibration_images, opts.seed)
     split: tuple[np.ndarray, np.ndarray] | None = None  # (train, eval), from the first fp32 embedding
+    work = opts.out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    backbone, clip_report = clip_backbone(
+        backbone, embedding_output, profile.head.activation_clip_percentile, decoded, b.input_sizes[0], calib_idx,
+        b.threads, work,
+    )  # fmt: skip
 
     backend_here, host_estimate, estimate_reason = measurement_backend(profile)
     if host_estimate:
@@ -307,8 +355,6 @@ def run_build(opts: BuildOptions) -> BuildResult:
     frame_bytes = FRAME_QUEUE_DEPTH * camera.width * camera.height * 3
 
     scheme = int8_scheme_for(profile.backend.prefer[0])
-    work = opts.out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
     candidates: list[Candidate] = []
     variant_files: dict[ModelVariant, Path] = {}
     full_feats: dict[ModelVariant, np.ndarray] = {}  # the head's input: embeddings (+ colour)
@@ -397,6 +443,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
     log.info("fitting the recognition head (projection, calibration, OOD gate, thresholds)")
     head, head_report = fit_head(full_feats[chosen.spec.model], labels, list(skus), settings, aug_emb, aug_source)
     head_report["colour"] = colour_report
+    head_report["activation_clip"] = clip_report
     footprint = replace(chosen.footprint, table_mib=head.nbytes / MIB)
     if footprint.total_mib > limit_mib:
         raise BudgetError(
@@ -421,6 +468,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
             "sha256": sha256_file(backbone_path),
             "source": "default EfficientNet-Lite0" if opts.model is None else backbone_path.name,
             "embedding_output": embedding_output,
+            "activation_clip": clip_report,
         },
         "model": {
             "file": MODEL,

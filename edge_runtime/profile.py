@@ -364,7 +364,7 @@ class HeadFit(BaseModel):
         description=(
             "Append a hue-saturation histogram of each region to its embedding (siblings often differ mostly in"
             " colour). auto = keep it when it raises held-out top-1 on the catalogue; off for monochrome cameras."
-            " Costs about 0.2 ms per region."
+            " Costs 0.2-0.3 ms per region at run time."
         ),
     )
 

@@ -363,7 +363,9 @@ def run_build(opts: BuildOptions) -> BuildResult:
     colour_report: dict[str, Any] = {}
     for size in b.input_sizes:
         fp32_feats: np.ndarray | None = None
-        colour = catalogue_colour(decoded, size) if profile.head.colour != "off" else None
+        # Needed to decide at the first size, and at later sizes only when the decision kept it.
+        wanted = profile.head.colour != "off" and (colour_weight is None or colour_weight > 0)
+        colour = catalogue_colour(decoded, size) if wanted else None
         # fp32 first: every other precision is compared with it at the same input size.
         for precision in sorted(set(precisions) | {"fp32"}, key=["fp32", "fp16", "int8"].index):
             variant = ModelVariant(precision, size)  # type: ignore[arg-type]

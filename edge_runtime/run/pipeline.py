@@ -721,16 +721,21 @@ class _Stages:
     # ---- preprocess: regions -> crops -> tensors (+ colour) -> tensor queue
 
     def preprocess_loop(self) -> None:
-        while (frame := self.frames_q.get_or_end(self.abort)) is not _END:
+        # Blocks even for live sources: dropping happens once, at the frame queue, where it is counted; a frame
+        # prepared here has already cost its CPU time.
+        self._relay(self.frames_q, self.prepare, self._log_prepare_error, self.tensors_q)
+
+    def _relay(self, source: StageQueue, step: Callable[[Any], Any], log_error: _Throttled, sink: StageQueue) -> None:
+        """Apply ``step`` to every item of ``source`` and pass the result on; a failed frame is counted by the
+        stage it failed in and skipped, the loop goes on."""
+        while (item := source.get_or_end(self.abort)) is not _END:
             try:
-                prepared = self.prepare(frame)
+                out = step(item)
             except _StageError as exc:
                 self._count_error(exc.stage)
-                self._log_prepare_error("frame %s failed in %s: %s", frame.source_ref, exc.stage, exc.__cause__)
+                log_error("frame %s failed in %s: %s", item.source_ref, exc.stage, exc.__cause__)
                 continue
-            # Blocks even for live sources: dropping happens once, at the frame queue, where it is counted; a
-            # frame prepared here has already cost its CPU time.
-            if not self.tensors_q.put_or_abort(prepared, self.abort):
+            if not sink.put_or_abort(out, self.abort):
                 return
 
     def _observe(self, spent: dict[str, float], stage: str, seconds: float) -> None:
@@ -793,15 +798,7 @@ class _Stages:
     # ---- inference: one backend call per frame -> head -> publish queue
 
     def inference_loop(self) -> None:
-        while (item := self.tensors_q.get_or_end(self.abort)) is not _END:
-            try:
-                inferred = self.infer(item)
-            except _StageError as exc:
-                self._count_error(exc.stage)
-                self._log_infer_error("frame %s failed in %s: %s", item.source_ref, exc.stage, exc.__cause__)
-                continue
-            if not self.publish_q.put_or_abort(inferred, self.abort):
-                return
+        self._relay(self.tensors_q, self.infer, self._log_infer_error, self.publish_q)
 
     def infer(self, item: _Prepared) -> _Inferred:
         stage = "inference"

@@ -359,6 +359,15 @@ class HeadFit(BaseModel):
             " multi-layer embedding normalises them (ReAct); 0 = off. Default backbone only; free at run time."
         ),
     )
+    max_projection_dim: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Most directions the head's LDA projection keeps; 0 = chosen by the build (for catalogues of more than"
+            " 129 SKUs, the smallest of 128/256/512 or all that is as accurate out of fold as the best). The projection and"
+            " the prototype table shrink with it: time and memory per region at thousands of SKUs."
+        ),
+    )
     colour: Literal["auto", "on", "off"] = Field(
         default="auto",
         description=(

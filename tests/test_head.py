@@ -290,3 +290,51 @@ def test_augmented_views_only_join_the_fitting_side() -> None:
     assert helped["accuracy"]["top1_oof"] >= plain["accuracy"]["top1_oof"] - 0.02
     with pytest.raises(ValueError, match="augmented views"):
         fit_head(x, labels, _skus(12), settings, x[:5], np.array([0, 1, 2, 3, len(x)]))
+
+
+def _nuisance_world(seed: int, n_classes: int, rank: int, per: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Class means that differ in ``rank`` of DIM directions, plus strong shared nuisance variation in 8 others
+    (lighting, background) that cosine alone cannot ignore, so the build picks an LDA. The LDA keeps
+    n_classes - 1 directions, but only ``rank`` of them carry between-class spread."""
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(rng.normal(size=(DIM, rank + 8)))[0].T  # orthonormal rows
+    spread = 1.5 * np.sqrt(6 / rank)  # the same distance between classes whatever the rank
+    means = spread * rng.normal(size=(n_classes, rank)) @ q[:rank] + 4.0 * rng.normal(size=DIM)
+    labels = np.repeat(np.arange(n_classes), per)
+    x = (
+        means[labels]
+        + rng.normal(scale=0.3, size=(len(labels), DIM))
+        + 2.0 * rng.normal(size=(len(labels), 8)) @ q[rank:]
+    )
+    return x.astype(np.float32), labels
+
+
+def test_projection_keeps_the_directions_that_carry_the_classes() -> None:
+    x, labels = _nuisance_world(seed=11, n_classes=40, rank=6)
+    head, report = fit_head(x[::2], labels[::2], _skus(40), _fast(projection_dims=(3, 8, 16)))
+    assert report["projection"]["chosen"] != "none"
+    out = report["projection"]["output_dim"]
+    assert out["full_dim"] == 39
+    # 3 directions lose classes; 8 hold the six that matter, so the smallest as accurate is 8, not 16 or 39.
+    assert out["cv_top1"]["3"] < out["cv_top1"]["39"] - 0.1
+    assert out["dim"] == 8 and head.projection.matrix.shape == (DIM, 8) and head.table.rows.shape == (40, 8)
+    pred = [d.top_k[0][0] for d in head.decide(x[1::2])]
+    assert np.mean([p == f"sku-{c:02d}" for p, c in zip(pred, labels[1::2], strict=True)]) > 0.9
+
+
+def test_projection_keeps_every_direction_when_all_carry_classes() -> None:
+    x, labels = _nuisance_world(seed=12, n_classes=30, rank=30)
+    head, report = fit_head(x, labels, _skus(30), _fast(projection_dims=(3, 6)))
+    out = report["projection"]["output_dim"]
+    assert out["dim"] == out["full_dim"] == 29
+    assert head.projection.matrix.shape[1] == 29
+
+
+def test_profile_cap_on_the_projection_dimension() -> None:
+    x, labels = _nuisance_world(seed=13, n_classes=30, rank=30)
+    head, report = fit_head(x, labels, _skus(30), _fast(max_projection_dim=5))
+    assert report["projection"]["output_dim"] == {"dim": 5, "full_dim": 29, "rule": "profile cap"}
+    assert head.projection.matrix.shape[1] == 5
+    # A cap at or above what the LDA keeps changes nothing.
+    head, report = fit_head(x, labels, _skus(30), _fast(max_projection_dim=64))
+    assert "output_dim" not in report["projection"] and head.projection.matrix.shape[1] == 29

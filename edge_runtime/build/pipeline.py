@@ -437,6 +437,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
         ood_memory_limit_bytes=int(max(0.0, limit_mib - chosen.footprint.total_mib) * MIB),
         seed=opts.seed,
         colour_weight=colour_weight or 0.0,
+        max_projection_dim=profile.head.max_projection_dim,
     )
     aug_emb, aug_source = _embed_views(
         variant_files[chosen.spec.model], decoded, chosen.spec.model.input_size, b.threads, embedding_output,
@@ -701,10 +702,18 @@ def _report(profile: DeviceProfile, manifest: dict[str, Any], table_text: str) -
     return "\n".join(lines)
 
 
+def _dim_text(out: dict[str, Any] | None) -> str:
+    if not out:
+        return ""
+    text = f"; keeps {out['dim']} of {out['full_dim']} directions ({out['rule']}"
+    return text + (f": {out['cv_top1']})" if "cv_top1" in out else ")")
+
+
 def _head_lines(h: dict[str, Any]) -> list[str]:
     ood, rt, cal = h["ood"], h["routing"], h["calibration"]
     lines = [
-        f"- projection: {h['projection']['chosen']} (cross-validated top-1 by choice: {h['projection']['cv_top1']})",
+        f"- projection: {h['projection']['chosen']} (cross-validated top-1 by choice: {h['projection']['cv_top1']})"
+        + _dim_text(h["projection"].get("output_dim")),
         f"- out-of-fold top-1 {h['accuracy']['top1_oof']:.1%}, group top-1 {h['accuracy']['group_top1_oof']:.1%} "
         f"on {h['accuracy']['n_eval']} images (held out by clusters of look-alike images)",
         f"- calibration: temperature {cal['temperature']:.4f}, ECE {cal['ece_before']:.3f} before, "

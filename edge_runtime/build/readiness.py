@@ -727,6 +727,14 @@ def _shrinkage(head_report: dict[str, Any]) -> float | None:
     return None if chosen == "none" else float(chosen.split("-", 1)[1])
 
 
+def _projection_dim(head_report: dict[str, Any]) -> int | None:
+    """The head's cap on the LDA's output dimension, when it keeps fewer directions than the LDA would."""
+    out = head_report.get("projection", {}).get("output_dim")
+    if not out or out["dim"] >= out["full_dim"]:
+        return None
+    return int(out["dim"])
+
+
 def _holdout_run(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -736,6 +744,7 @@ def _holdout_run(
     test_fold: int,
     shrinkage: float | None,
     keep: float,
+    max_dim: int | None = None,
 ) -> dict[str, Any] | None:
     """One simulation: fit on the known classes' training folds; top-1 on their test fold; max-cosine
     detection of every image of the held-out classes."""
@@ -752,7 +761,7 @@ def _holdout_run(
     if shrinkage is None or len(known) < 3:
         proj = Projection.identity(emb.shape[1])
     else:
-        proj = fit_lda(emb[train], y_train, shrinkage)
+        proj = fit_lda(emb[train], y_train, shrinkage, max_dim)
     cents = class_centroids(proj.apply(emb[train]), y_train, len(known))
     cos_k = proj.apply(emb[test]) @ cents.T
     cos_u = proj.apply(emb[unknown]) @ cents.T
@@ -802,13 +811,14 @@ def compute_scale_curve(
     seed: int = 0,
     fractions: Sequence[float] = SCALE_FRACTIONS,
     repeats: int = SCALE_REPEATS,
+    max_dim: int | None = None,
 ) -> tuple[dict[str, Any], dict[int, tuple[float, int]]]:
     """Top-1 and OOD detection on random subsets of the classes, extrapolated to ``planned`` SKUs.
 
     Each run holds out 10 % of the subset's classes as new products and one cluster fold of the rest as test
-    images; the projection is the head's LDA at the head's shrinkage, matching is nearest centroid, the gate is
-    max cosine. At 100 % every class is held out once, which also gives each SKU's own detection rate (second
-    return value: class -> (share of its images caught, class it is taken for)).
+    images; the projection is the head's LDA at the head's shrinkage and output dimension cap, matching is
+    nearest centroid, the gate is max cosine. At 100 % every class is held out once, which also gives each SKU's
+    own detection rate (second return value: class -> (share of its images caught, class it is taken for)).
     """
     rng = np.random.default_rng(seed)
     emb = np.asarray(embeddings, dtype=np.float32)
@@ -828,7 +838,7 @@ def compute_scale_curve(
             n_folds = max(2, math.ceil(k / n_hold))
             for f in range(n_folds):
                 held = order[f::n_folds]
-                run = _holdout_run(emb, labels, fold, all_classes, held, f % SCALE_FOLDS, shrinkage, keep)
+                run = _holdout_run(emb, labels, fold, all_classes, held, f % SCALE_FOLDS, shrinkage, keep, max_dim)
                 if run:
                     runs.append(run)
                     per_class.update(run["per_class"])
@@ -836,7 +846,7 @@ def compute_scale_curve(
             for r in range(repeats):
                 subset = np.sort(rng.choice(all_classes, size=size, replace=False))
                 held = rng.choice(subset, size=n_hold, replace=False)
-                run = _holdout_run(emb, labels, fold, subset, held, r % SCALE_FOLDS, shrinkage, keep)
+                run = _holdout_run(emb, labels, fold, subset, held, r % SCALE_FOLDS, shrinkage, keep, max_dim)
                 if run:
                     runs.append(run)
         if not runs:
@@ -943,6 +953,7 @@ def run_readiness(
             emb,
             labels,
             shrinkage=_shrinkage(head_report),
+            max_dim=_projection_dim(head_report),
             keep=head_report["ood"]["keep"],
             planned=rd.planned_catalogue_size,
             seed=seed,

@@ -1,6 +1,8 @@
 """Fit the recognition head at build time (numpy only), with every choice made on held-out data.
 
-- projection: shrinkage LDA or none, chosen by cross-validated top-1;
+- projection: shrinkage LDA or none, chosen by cross-validated top-1; for catalogues with more SKUs than the
+  smallest output dimension tried, the smallest dimension whose cross-validated top-1 is within one standard
+  error of the best (the projection and the prototype table shrink with it);
 - temperature: fitted on out-of-fold scores, never on the images the prototypes came from;
 - OOD method and threshold: chosen by holding out whole SKUs (simulated new products);
 - per-class accept thresholds: set on out-of-fold predictions mixed with simulated new products, so the
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # OOD methods from the simplest (no arrays at run time, fewest assumptions) to the most memory-hungry.
 SIMPLEST_FIRST = ("max_cosine", "energy", "msp", "mahalanobis", "knn")
+# Output dimensions tried for an LDA that would keep more (it keeps min(SKUs - 1, D)), smallest first. Above a few
+# hundred SKUs the D x D projection and the SKUs x D table dominate the head's time and memory per region.
+PROJECTION_DIMS = (128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class FitSettings:
     # The embeddings given to fit_head already carry the colour descriptor at this weight; the head records it so
     # that edge-run composes the same input.
     colour_weight: float = 0.0
+    projection_dims: tuple[int, ...] = PROJECTION_DIMS
+    # > 0: the LDA keeps at most this many directions, whatever cross-validation says (a hard memory or time cap).
+    max_projection_dim: int = 0
 
 
 @dataclass
@@ -152,16 +160,68 @@ def _scatter(emb: np.ndarray, labels: np.ndarray) -> LdaScatter | None:
     return LdaScatter.fit(emb, labels) if len(np.unique(labels)) >= 3 else None
 
 
-def _projection(scatter: LdaScatter | None, shrinkage: float | None, dim: int) -> Projection:
+def _projection(
+    scatter: LdaScatter | None, shrinkage: float | None, dim: int, max_dim: int | None = None
+) -> Projection:
     if shrinkage is None or scatter is None:
         return Projection.identity(dim)
-    return scatter.projection(shrinkage)
+    return scatter.projection(shrinkage, max_dim)
 
 
-def _project(emb: np.ndarray, labels: np.ndarray, shrinkage: float | None) -> Projection:
+def _project(emb: np.ndarray, labels: np.ndarray, shrinkage: float | None, max_dim: int | None = None) -> Projection:
     if shrinkage is None:
         return Projection.identity(emb.shape[1])
-    return _projection(_scatter(emb, labels), shrinkage, emb.shape[1])
+    return _projection(_scatter(emb, labels), shrinkage, emb.shape[1], max_dim)
+
+
+def _choose_dim(
+    views: _Views,
+    fold: np.ndarray,
+    scatters: dict[int, LdaScatter | None],
+    shrink: float | None,
+    n_classes: int,
+    s: FitSettings,
+) -> tuple[int | None, dict[str, Any] | None]:
+    """The LDA output dimension: None (all it keeps) unless a smaller one is as accurate out of fold.
+
+    The discriminant directions come sorted by between-class spread, so a smaller projection is the leading
+    columns of the full one: every candidate is scored from one projection per fold.
+    """
+    if shrink is None:
+        return None, None
+    full = min(n_classes - 1, views.emb.shape[1])
+    if s.max_projection_dim > 0:
+        if s.max_projection_dim >= full:
+            return None, None
+        return s.max_projection_dim, {"dim": s.max_projection_dim, "full_dim": full, "rule": "profile cap"}
+    dims = sorted(d for d in s.projection_dims if d < full)
+    if not dims:
+        return None, None
+    correct = dict.fromkeys([*dims, full], 0)
+    n_eval = 0
+    for f, scatter in scatters.items():
+        train, test = fold != f, fold == f
+        x_fit, y_fit = views.fit_set(train)
+        proj = _projection(scatter, shrink, x_fit.shape[1])
+        z_fit = (l2_normalise(x_fit) - proj.mean) @ proj.matrix
+        z_test = (l2_normalise(views.emb[test]) - proj.mean) @ proj.matrix
+        for d in correct:
+            cents = class_centroids(l2_normalise(z_fit[:, :d]), y_fit, n_classes)
+            correct[d] += int((_cos(l2_normalise(z_test[:, :d]), cents).argmax(1) == views.labels[test]).sum())
+        n_eval += int(test.sum())
+    top1 = {d: c / max(1, n_eval) for d, c in correct.items()}
+    # One-standard-error rule, as for the OOD method: the smallest projection not measurably less accurate than
+    # the best (in noisy catalogues the trailing directions carry noise, and dropping them can even help).
+    best = max(top1.values())
+    std_error = float(np.sqrt(best * (1.0 - best) / max(1, n_eval)))
+    chosen = next(d for d in [*dims, full] if top1[d] >= best - std_error)
+    report = {
+        "dim": chosen,
+        "full_dim": full,
+        "rule": "smallest within one standard error of the best cross-validated top-1",
+        "cv_top1": {str(d): round(v, 4) for d, v in top1.items()},
+    }
+    return (None if chosen == full else chosen), report
 
 
 def _cos(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -212,6 +272,11 @@ def fit_head(
     shrink = None if best_name == "none" else float(best_name.split("-")[1])
     report["projection"] = {"chosen": best_name, "cv_top1": {k: round(v, 4) for k, v in cv.items()}}
     log.info("head: projection %s (cross-validated top-1 %s)", best_name, report["projection"]["cv_top1"])
+    max_dim, dim_report = _choose_dim(views, fold, scatters, shrink, n_classes, s)
+    if dim_report is not None:
+        report["projection"]["output_dim"] = dim_report
+        log.info("head: projection keeps %d of %d directions (%s)", dim_report["dim"], dim_report["full_dim"],
+                 dim_report["rule"])  # fmt: skip
 
     # 2. out-of-fold scores with the chosen projection, for calibration and thresholds
     n = len(emb)
@@ -223,7 +288,7 @@ def fit_head(
         if not test.any():
             continue
         x_fit, y_fit = views.fit_set(train)
-        proj = _projection(scatters[f], shrink, x_fit.shape[1])
+        proj = _projection(scatters[f], shrink, x_fit.shape[1], max_dim)
         f_fit, ftest = proj.apply(x_fit), proj.apply(emb[test])
         ftrain = f_fit[: int(train.sum())]  # fit_set puts the selected images first, their views after
         if feats_oof is None:
@@ -263,7 +328,7 @@ def fit_head(
     }
 
     # 3. OOD: hold out whole SKUs, fit on the rest, measure detection at the known-retention point
-    ood_table, unknown_pool = _simulate_new_products(views, fold, group_of_class, shrink, temperature, s)
+    ood_table, unknown_pool = _simulate_new_products(views, fold, group_of_class, shrink, max_dim, temperature, s)
     dim = feats_oof.shape[1]
     eligible = []
     for m in s.methods:
@@ -341,7 +406,7 @@ def fit_head(
 
     # 5. final head on every catalogue image
     x_fit, y_fit = views.fit_set(np.ones(n, dtype=bool))
-    proj = _project(x_fit, y_fit, shrink)
+    proj = _project(x_fit, y_fit, shrink, max_dim)
     f_fit = proj.apply(x_fit)
     feats = f_fit[:n]  # every image, then the views
     cents = class_centroids(f_fit, y_fit, n_classes)
@@ -376,6 +441,7 @@ def _simulate_new_products(
     fold: np.ndarray,
     group_of_class: np.ndarray,
     shrink: float | None,
+    max_dim: int | None,
     temperature: float,
     s: FitSettings,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, ...]]]:
@@ -405,7 +471,7 @@ def _simulate_new_products(
         y_train = np.array([remap[c] for c in labels[train]])
         x_fit, y_fit = views.fit_set(train)
         y_fit = np.array([remap[c] for c in y_fit])
-        proj = _project(x_fit, y_fit, shrink)
+        proj = _project(x_fit, y_fit, shrink, max_dim)
         f_fit = proj.apply(x_fit)
         ftrain = f_fit[: int(train.sum())]  # fit_set puts the selected images first, their views after
         cents = class_centroids(f_fit, y_fit, len(known_classes))

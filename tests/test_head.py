@@ -320,6 +320,12 @@ def test_projection_keeps_the_directions_that_carry_the_classes() -> None:
     assert out["dim"] == 8 and head.projection.matrix.shape == (DIM, 8) and head.table.rows.shape == (40, 8)
     pred = [d.top_k[0][0] for d in head.decide(x[1::2])]
     assert np.mean([p == f"sku-{c:02d}" for p, c in zip(pred, labels[1::2], strict=True)]) > 0.9
+    # The bundle stores the narrower projection and table as they are; loading gives the same decisions.
+    arrays = np.load(__import__("io").BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
+    doc = __import__("json").loads(json_bytes(head.to_json()))
+    again = Head.from_parts(_skus(40), {k: arrays[k] for k in arrays.files}, doc)
+    # (Thresholds are stored as float32, so a reason's printed threshold may differ in its last digit.)
+    assert [(d.route, d.top_k) for d in again.decide(x[1::2])] == [(d.route, d.top_k) for d in head.decide(x[1::2])]
 
 
 def test_projection_keeps_every_direction_when_all_carry_classes() -> None:

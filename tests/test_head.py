@@ -324,7 +324,7 @@ def test_projection_keeps_the_directions_that_carry_the_classes() -> None:
     arrays = np.load(__import__("io").BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
     doc = __import__("json").loads(json_bytes(head.to_json()))
     again = Head.from_parts(_skus(40), {k: arrays[k] for k in arrays.files}, doc)
-    # (Thresholds are stored as float32, so a reason's printed threshold may differ in its last digit.)
+    # (head.json rounds thresholds to 6 decimals, so a reason's printed threshold may differ in its last digit.)
     assert [(d.route, d.top_k) for d in again.decide(x[1::2])] == [(d.route, d.top_k) for d in head.decide(x[1::2])]
 
 

@@ -120,6 +120,7 @@ def run_check(
         ood_memory_limit_bytes=int(max(0.0, limit_mib - m.peak_rss_mib - m.gpu_mib) * MIB),
         seed=seed,
         colour_weight=colour_weight,
+        max_projection_dim=prof.head.max_projection_dim,
     )
     log.info("fitting the recognition head")
     head, head_report = fit_head(embeddings, labels, skus, settings, aug_emb, aug_source)

@@ -363,8 +363,8 @@ class HeadFit(BaseModel):
         default=0,
         ge=0,
         description=(
-            "Most directions the head's LDA projection keeps; 0 = chosen by the build (for catalogues of more than"
-            " 129 SKUs, the smallest of 128/256/512 or all that is as accurate out of fold as the best). The"
+            "Most directions the head's LDA projection keeps; 0 = chosen by the build (from 257 SKUs on, the"
+            " smallest of 128/256/512 or all that is as accurate out of fold as the best). The"
             " projection and the prototype table shrink with it: time and memory per region at thousands of SKUs."
         ),
     )

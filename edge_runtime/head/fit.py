@@ -1,8 +1,8 @@
 """Fit the recognition head at build time (numpy only), with every choice made on held-out data.
 
-- projection: shrinkage LDA or none, chosen by cross-validated top-1; for catalogues with more SKUs than the
-  smallest output dimension tried, the smallest dimension whose cross-validated top-1 is within one standard
-  error of the best (the projection and the prototype table shrink with it);
+- projection: shrinkage LDA or none, chosen by cross-validated top-1; for catalogues large enough that a
+  smaller output dimension at least halves it, the smallest dimension whose cross-validated top-1 is within one
+  standard error of the best (the projection and the prototype table shrink with it);
 - temperature: fitted on out-of-fold scores, never on the images the prototypes came from;
 - OOD method and threshold: chosen by holding out whole SKUs (simulated new products);
 - per-class accept thresholds: set on out-of-fold predictions mixed with simulated new products, so the
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # OOD methods from the simplest (no arrays at run time, fewest assumptions) to the most memory-hungry.
 SIMPLEST_FIRST = ("max_cosine", "energy", "msp", "mahalanobis", "knn")
-# Output dimensions tried for an LDA that would keep more (it keeps min(SKUs - 1, D)), smallest first. Above a few
+# Output dimensions tried for an LDA that would keep at least twice as many (it keeps min(SKUs - 1, D)). Above a few
 # hundred SKUs the D x D projection and the SKUs x D table dominate the head's time and memory per region.
 PROJECTION_DIMS = (128, 256, 512)
 
@@ -194,7 +194,8 @@ def _choose_dim(
         if s.max_projection_dim >= full:
             return None, None
         return s.max_projection_dim, {"dim": s.max_projection_dim, "full_dim": full, "rule": "profile cap"}
-    dims = sorted(d for d in s.projection_dims if d < full)
+    # Only where it at least halves the projection: a smaller saving is not worth up to a standard error of top-1.
+    dims = sorted(d for d in s.projection_dims if 2 * d <= full)
     if not dims:
         return None, None
     correct = dict.fromkeys([*dims, full], 0)

@@ -158,7 +158,15 @@ class Backend(BaseModel):
         description="Precisions the prototype table may be stored in.",
     )
     max_latency_ms: FiniteFloat = Field(gt=0, description="Per-crop latency ceiling (ms); slower variants do not fit.")
-    threads: int = Field(default=0, ge=0, le=64, description="CPU threads for CPU backends; 0 = all cores.")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "CPU threads for CPU backends; 0 = all cores (lowest latency). cores - 1 leaves one to edge-run's other"
+            " threads: the same frame rate for about a quarter less CPU on a 2-core host."
+        ),
+    )
     allow_fallback: bool = Field(
         default=True, description="Fall back to the next backend in `prefer` if one fails to load."
     )

@@ -145,9 +145,10 @@ def main() -> int:
         protos, group_of, group_protos = make_world(n, out_dim)
         rng = np.random.default_rng(1)
         truth = rng.integers(0, n, 256)
-        # Raw embeddings whose projection is their prototype plus noise (the prototype itself for the identity).
-        raw = protos[truth] @ proj.matrix.T if out_dim < args.dim else protos[truth]
-        queries = (raw + 0.03 * rng.standard_normal((256, args.dim), dtype=np.float32)).astype(np.float32)
+        # Raw embeddings whose projection is their prototype plus noise (orthonormal columns: P^T maps back).
+        queries = (
+            protos[truth] @ proj.matrix.T + 0.03 * rng.standard_normal((256, args.dim), dtype=np.float32)
+        ).astype(np.float32)
         for precision in ("fp32", "fp16", "int8"):
             flat = make_head(protos, group_of, group_protos, precision, "flat", proj)
             hier = make_head(protos, group_of, group_protos, precision, "hierarchical", proj)

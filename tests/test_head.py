@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -247,14 +250,18 @@ def test_accept_rule_stops_new_products_with_one_limit_for_all_classes() -> None
     assert (w * (plain & ok)).sum() / (w * plain).sum() < 0.95
 
 
+def _reload(head: Head, skus: list[SkuInfo]) -> Head:
+    """The head as a bundle stores and loads it: arrays through npz, the rest through head.json."""
+    arrays = np.load(io.BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
+    return Head.from_parts(skus, {k: arrays[k] for k in arrays.files}, json.loads(json_bytes(head.to_json())))
+
+
 @pytest.mark.parametrize("table_precision", ["fp32", "fp16", "int8"])
 def test_head_round_trip_and_hierarchical_search(table_precision: str) -> None:
     rng, means, noise, per = _world(seed=7)
     labels = np.repeat(np.arange(12), per)
     head, _ = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), _fast(table_precision=table_precision))
-    arrays = np.load(__import__("io").BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
-    doc = __import__("json").loads(json_bytes(head.to_json()))
-    again = Head.from_parts(_skus(12), {k: arrays[k] for k in arrays.files}, doc)
+    again = _reload(head, _skus(12))
     x = _sample(rng, means, np.repeat(np.arange(12), 3), noise)
     assert again.decide(x) == head.decide(x)
     assert again.table.precision == table_precision
@@ -321,9 +328,7 @@ def test_projection_keeps_the_directions_that_carry_the_classes() -> None:
     pred = [d.top_k[0][0] for d in head.decide(x[1::2])]
     assert np.mean([p == f"sku-{c:02d}" for p, c in zip(pred, labels[1::2], strict=True)]) > 0.9
     # The bundle stores the narrower projection and table as they are; loading gives the same decisions.
-    arrays = np.load(__import__("io").BytesIO(npz_bytes(head.to_arrays())), allow_pickle=False)
-    doc = __import__("json").loads(json_bytes(head.to_json()))
-    again = Head.from_parts(_skus(40), {k: arrays[k] for k in arrays.files}, doc)
+    again = _reload(head, _skus(40))
     # (head.json rounds thresholds to 6 decimals, so a reason's printed threshold may differ in its last digit.)
     assert [(d.route, d.top_k) for d in again.decide(x[1::2])] == [(d.route, d.top_k) for d in head.decide(x[1::2])]
 

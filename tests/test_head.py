@@ -21,8 +21,8 @@ from edge_runtime.head.calibration import (
 from edge_runtime.head.fit import FitSettings, cluster_folds, cluster_groups, fit_head
 from edge_runtime.head.model import Head
 from edge_runtime.head.ood import METHODS, auroc, detection_at_keep, fit_ood
-from edge_runtime.head.projection import fit_lda
-from edge_runtime.head.prototypes import class_centroids, l2_normalise
+from edge_runtime.head.projection import Projection, fit_lda
+from edge_runtime.head.prototypes import class_centroids, class_sums, l2_normalise
 from edge_runtime.head.routing import route
 from edge_runtime.types import SkuInfo
 
@@ -174,6 +174,44 @@ def test_every_ood_method_ranks_a_new_cluster_above_known_images(method: str) ->
     assert auroc(sk, su) > 0.9
     rate, threshold = detection_at_keep(sk, su, 0.95)
     assert rate > 0.7 and (sk <= threshold).mean() >= 0.95
+
+
+def test_class_sums_match_a_scatter_add_with_unsorted_and_absent_labels() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(50, 7)).astype(np.float32)
+    labels = rng.choice([0, 2, 3, 6], size=50)  # 1, 4 and 5 absent; 6 is the last class
+    expected = np.zeros((7, 7))
+    np.add.at(expected, labels, x.astype(np.float64))
+    got = class_sums(x, labels, 7)
+    assert got.dtype == np.float64 and got.shape == (7, 7)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert not got[[1, 4, 5]].any()
+    assert not class_sums(x[:0], labels[:0], 3).any()
+
+
+def test_mahalanobis_score_is_the_smallest_squared_distance_to_a_class_mean() -> None:
+    rng = np.random.default_rng(12)
+    feats = l2_normalise(rng.normal(size=(60, 5)))
+    labels = np.repeat(np.arange(3), 20)
+    model = fit_ood("mahalanobis", feats, labels, 3)
+    precision, means = model.arrays["ood_precision"].astype(np.float64), model.arrays["ood_means"]
+    x = l2_normalise(rng.normal(size=(4, 5)))
+    diff = x[:, None, :] - means[None, :, :]
+    expected = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(axis=1)
+    np.testing.assert_allclose(model.score(x, np.zeros((4, 3)), 1.0), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_identity_projection_only_normalises_and_is_recognised_after_loading() -> None:
+    x = np.random.default_rng(13).normal(size=(5, 6)).astype(np.float32)
+    ident = Projection.identity(6)
+    assert ident.is_identity
+    np.testing.assert_allclose(ident.apply(x), l2_normalise(x), rtol=1e-6)
+    np.testing.assert_allclose(ident.apply(x), Projection(ident.mean, ident.matrix).apply(x), rtol=1e-5, atol=1e-6)
+    assert Projection.from_arrays(ident.to_arrays()).is_identity
+    scaled = Projection(np.zeros(6, np.float32), 2 * np.eye(6, dtype=np.float32))
+    assert not Projection.from_arrays(scaled.to_arrays()).is_identity
+    shifted = Projection(np.full(6, 0.1, np.float32), np.eye(6, dtype=np.float32))
+    assert not Projection.from_arrays(shifted.to_arrays()).is_identity
 
 
 def test_auroc_known_answers() -> None:

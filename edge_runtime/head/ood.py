@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_runtime.head.prototypes import class_sums
+
 METHODS = ("msp", "energy", "max_cosine", "knn", "mahalanobis")
 KNN_K = 5
 _KNN_BLOCK = 8192
@@ -73,7 +75,9 @@ def _knn_score(feats: np.ndarray, bank: np.ndarray) -> np.ndarray:
 
 def _mahalanobis_score(feats: np.ndarray, precision: np.ndarray, means: np.ndarray) -> np.ndarray:
     pm = means @ precision  # [K, d]
-    quad_x = np.einsum("nd,de,ne->n", feats, precision, feats)
+    # Products first, then row-wise dots: a three-operand einsum here ran as one unblocked loop and took 146 s of
+    # a 1,000-SKU head fit.
+    quad_x = np.einsum("nd,nd->n", feats @ precision, feats)
     quad_m = np.einsum("kd,kd->k", pm, means)
     d2 = quad_x[:, None] - 2.0 * feats @ pm.T + quad_m[None, :]
     return np.maximum(d2.min(axis=1), 0.0)
@@ -87,9 +91,8 @@ def fit_ood(method: str, feats: np.ndarray, labels: np.ndarray, n_classes: int, 
         return OodModel(method, {"ood_bank": feats.astype(np.float16)})
     if method == "mahalanobis":
         dim = feats.shape[1]
-        means = np.zeros((n_classes, dim))
+        means = class_sums(feats, labels, n_classes)
         counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-        np.add.at(means, labels, feats)
         means /= np.maximum(counts, 1)[:, None]
         resid = feats - means[labels]
         cov = resid.T @ resid / max(1, len(feats) - n_classes)

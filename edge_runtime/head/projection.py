@@ -9,17 +9,20 @@ matrix product per region.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.head.prototypes import l2_normalise
+from edge_runtime.head.prototypes import class_sums, l2_normalise
 
 
 @dataclass(frozen=True)
 class Projection:
     mean: np.ndarray  # [D] float32, subtracted after L2 normalisation
     matrix: np.ndarray  # [D, d] float32
+    # No projection (the build chose "none"): apply is then a normalisation only. A D x D product with the
+    # identity cost 0.5 ms per region at 1,936 dimensions, and a third of a 1,000-SKU head fit.
+    is_identity: bool = field(default=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -27,18 +30,23 @@ class Projection:
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
         """Raw backbone embeddings -> L2-normalised projected features."""
+        if self.is_identity:
+            return l2_normalise(embeddings)
         return l2_normalise((l2_normalise(embeddings) - self.mean) @ self.matrix)
 
     @classmethod
     def identity(cls, dim: int) -> Projection:
-        return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
+        return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32), is_identity=True)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"proj_mean": self.mean, "proj_matrix": self.matrix}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Projection:
-        return cls(arrays["proj_mean"].astype(np.float32), arrays["proj_matrix"].astype(np.float32))
+        mean, matrix = arrays["proj_mean"].astype(np.float32), arrays["proj_matrix"].astype(np.float32)
+        square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] == mean.shape[0]
+        identity = square and not mean.any() and np.array_equal(matrix, np.eye(len(mean), dtype=np.float32))
+        return cls(mean, matrix, is_identity=bool(identity))
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,7 @@ class LdaScatter:
         classes = np.unique(labels)
         n_cls = int(labels.max()) + 1
         counts = np.bincount(labels, minlength=n_cls).astype(np.float64)
-        means = np.zeros((n_cls, centred_x.shape[1]))
-        np.add.at(means, labels, centred_x)
+        means = class_sums(centred_x, labels, n_cls)
         means[counts > 0] /= counts[counts > 0, None]
         within = (centred_x - means[labels]).astype(np.float32)
         # float32 product (half the time of float64), accumulated scatter then kept in float64.

@@ -20,12 +20,26 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def class_sums(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_classes, D] float64 sums of the rows of ``x`` per label (zero rows for absent labels).
+
+    One slice sum per class over a stable sort: ``np.add.at`` on rows took 1.5 s per call for 30k rows of a
+    1,936-d catalogue (71 s of a 1,000-SKU head fit); this takes a few tens of milliseconds.
+    """
+    sums = np.zeros((n_classes, x.shape[1]), dtype=np.float64)
+    if len(labels) == 0:
+        return sums
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    for start, stop in zip(starts, [*starts[1:], len(order)], strict=True):
+        sums[ordered[start]] = x[order[start:stop]].sum(axis=0, dtype=np.float64)
+    return sums
+
+
 def class_centroids(embeddings: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Mean of the normalised embeddings per class, normalised again (cosine nearest-centroid)."""
-    feats = l2_normalise(embeddings)
-    dim = feats.shape[1]
-    sums = np.zeros((n_classes, dim), dtype=np.float64)
-    np.add.at(sums, labels, feats)
+    sums = class_sums(l2_normalise(embeddings), labels, n_classes)
     counts = np.bincount(labels, minlength=n_classes)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.preprocess import CROP_RATIO, center_crop, prepare, read_image, resize_short_side
+from edge_runtime.preprocess import CROP_RATIO, center_crop, prepare, read_image, resize_short_side, shrink_square
 from tests.conftest import grocery_images
 
 
@@ -30,6 +30,21 @@ def test_crop_first_matches_resize_then_crop_on_real_photos(frame: tuple[int, in
     # source: under one output pixel apart), which textured photos show as a few levels; a wrong window or
     # offset shows as tens of levels.
     assert np.median(diffs) < 3.0 and max(diffs) < 8.0, diffs
+
+
+@pytest.mark.parametrize(("side", "size"), [(480, 192), (720, 224), (1040, 224), (303, 224), (224, 224)])
+def test_shrinking_matches_area_averaging_on_busy_real_photos(side: int, size: int) -> None:
+    # A mosaic of whole photos at their own resolution: edges and print at every scale, where a plain bilinear
+    # shrink aliases (2 to 5 levels off); the two-step shrink must stay within a level of INTER_AREA.
+    photos = [
+        cv2.resize(read_image(str(p)), (200, 200), interpolation=cv2.INTER_AREA) for p in grocery_images("val", 36)
+    ]
+    n = -(-side // 200)
+    mosaic = np.vstack([np.hstack(photos[r * n : (r + 1) * n]) for r in range(n)])[:side, :side].copy()
+    ours = shrink_square(mosaic, size).astype(np.float32)
+    area = cv2.resize(mosaic, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert ours.shape == (size, size, 3)
+    assert float(np.abs(ours - area).mean()) < 1.0
 
 
 def test_the_centre_of_the_frame_lands_in_the_centre_of_the_tensor() -> None:

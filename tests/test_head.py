@@ -214,6 +214,16 @@ def test_identity_projection_only_normalises_and_is_recognised_after_loading() -
     assert not Projection.from_arrays(shifted.to_arrays()).is_identity
 
 
+def test_head_kind_says_lda_even_when_it_keeps_every_dimension() -> None:
+    # 60 SKUs in 48 dimensions: the LDA keeps all 48 directions, so its matrix is square like the identity's.
+    x, labels = _nuisance_world(14, n_classes=60, rank=30, per=8)
+    head, report = fit_head(x, labels, _skus(60), _fast())
+    assert report["projection"]["chosen"].startswith("lda-")
+    assert head.projection.matrix.shape == (DIM, DIM) and not head.projection.is_identity
+    assert head.to_json()["kind"] == "prototypes+lda"
+    assert _reload(head, _skus(60)).to_json()["kind"] == "prototypes+lda"
+
+
 def test_auroc_known_answers() -> None:
     assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
     assert auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0

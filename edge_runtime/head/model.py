@@ -137,9 +137,8 @@ class Head:
         c = self.config
         return {
             "schema": HEAD_SCHEMA,
-            "kind": "prototypes+lda"
-            if self.projection.matrix.shape[0] != self.projection.matrix.shape[1]
-            else "prototypes",
+            # A square matrix is not proof of no projection: an LDA over more SKUs than dimensions keeps them all.
+            "kind": "prototypes" if self.projection.is_identity else "prototypes+lda",
             "table_precision": self.table.precision,
             "temperature": c.temperature,
             "ood": {"method": c.ood_method, "threshold": c.ood_threshold, "accept_threshold": c.accept_ood_threshold},

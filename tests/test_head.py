@@ -206,7 +206,10 @@ def test_identity_projection_only_normalises_and_is_recognised_after_loading() -
     ident = Projection.identity(6)
     assert ident.is_identity
     np.testing.assert_allclose(ident.apply(x), l2_normalise(x), rtol=1e-6)
-    np.testing.assert_allclose(ident.apply(x), Projection(ident.mean, ident.matrix).apply(x), rtol=1e-5, atol=1e-6)
+    eye = Projection(ident.mean, np.eye(6, dtype=np.float32))
+    np.testing.assert_allclose(ident.apply(x), eye.apply(x), rtol=1e-5, atol=1e-6)
+    assert ident.nbytes == 6 * 4 and (ident.in_dim, ident.out_dim) == (6, 6)
+    assert Projection.from_arrays(eye.to_arrays()).is_identity  # bundles that stored the identity itself
     assert Projection.from_arrays(ident.to_arrays()).is_identity
     scaled = Projection(np.zeros(6, np.float32), 2 * np.eye(6, dtype=np.float32))
     assert not Projection.from_arrays(scaled.to_arrays()).is_identity
@@ -222,6 +225,20 @@ def test_head_kind_says_lda_even_when_it_keeps_every_dimension() -> None:
     assert head.projection.matrix.shape == (DIM, DIM) and not head.projection.is_identity
     assert head.to_json()["kind"] == "prototypes+lda"
     assert _reload(head, _skus(60)).to_json()["kind"] == "prototypes+lda"
+
+
+def test_a_head_without_projection_stores_and_loads_no_matrix() -> None:
+    rng, means, noise, per = _world(seed=15)
+    labels = np.repeat(np.arange(12), per)
+    settings = FitSettings(folds=3, shrinkages=(), ood_holdout=0.25, min_support=5)
+    head, report = fit_head(_sample(rng, means, labels, noise), labels, _skus(12), settings)
+    assert report["projection"]["chosen"] == "none" and head.projection.is_identity
+    assert head.to_arrays()["proj_matrix"].shape == (DIM, 0)
+    assert head.nbytes == head.table.nbytes + head.group_table.nbytes + head.ood.nbytes + DIM * 4
+    again = _reload(head, _skus(12))
+    assert again.projection.is_identity and again.to_json()["kind"] == "prototypes"
+    x = _sample(rng, means, np.repeat(np.arange(12), 3), noise)
+    assert again.decide(x) == head.decide(x)
 
 
 def test_auroc_known_answers() -> None:

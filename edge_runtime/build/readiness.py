@@ -899,9 +899,10 @@ def _head_bytes_at(head: Head, planned: int) -> int:
     """Bytes the prototype table and projection would take at ``planned`` SKUs, same precision: rows grow with
     the SKU count, and an LDA's width grows with the number of classes (up to the embedding size)."""
     width = head.table.rows.shape[1]
-    full_dim = head.projection.matrix.shape[0]
-    lda = width != full_dim
-    width_at = max(1, min(planned - 1, full_dim)) if lda else width
+    full_dim = head.projection.in_dim
+    if head.projection.is_identity:
+        return int(planned * width * head.table.rows.dtype.itemsize + head.projection.nbytes)
+    width_at = max(1, min(planned - 1, full_dim))
     table = planned * width_at * head.table.rows.dtype.itemsize
     return int(table + full_dim * width_at * 4 + full_dim * 4)
 

@@ -245,7 +245,7 @@ def _check_head_input(bundle: Bundle, backend: Backend, head: Head) -> None:
             hint="check the backend's log above; rebuild the bundle if the model is at fault",
         ) from None
     colour = COLOUR_DIM if head.config.colour_weight > 0 else 0
-    wanted = int(head.projection.matrix.shape[0])
+    wanted = head.projection.in_dim
     if probe.ndim != 2 or probe.shape[1] + colour != wanted:
         given = f"{probe.shape[-1]}-d embeddings" + (f" + {colour} colour bins" if colour else "")
         raise BundleError(

@@ -3,8 +3,8 @@
     python benchmarks/preprocess_cost.py [--repeats 300]
 
 For camera-sized frames (the whole frame as one region) and the input sizes the profiles use, side by side in one
-run: milliseconds per call of ``prepare`` and of the same crop shrunk by one ``cv2.resize(INTER_AREA)`` (what
-``prepare`` did before ``shrink_square``), their ratio, and how far the two tensors are apart: mean absolute
+run: milliseconds per call of ``prepare`` and of ``prepare`` with one ``cv2.resize(INTER_AREA)`` as its shrink
+step (what it did before ``shrink_square``), their ratio, and how far the two tensors are apart: mean absolute
 difference in grey levels and the default backbone's embedding cosine. Frames are mosaics of real grocery photos
 at their own resolution (busy content, where a careless shrink aliases) when the shared data is there, otherwise
 synthetic texture (cosine then not measured).
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
@@ -25,19 +26,14 @@ from _common import GROCERY, machine_line
 
 from edge_runtime.backends import create_backend
 from edge_runtime.build.backbone import EMBEDDING_OUTPUT, export_default_backbone
-from edge_runtime.preprocess import CROP_RATIO, prepare, read_image
+from edge_runtime.preprocess import prepare, read_image
 
 CASES = ((348, 348, 224), (640, 480, 192), (640, 480, 224), (1280, 720, 224), (1920, 1080, 224), (1920, 1080, 288))
 
 
-def _area_prepare(image: np.ndarray, size: int) -> np.ndarray:
-    """``prepare`` with the crop shrunk by one INTER_AREA resize (for frames larger than the crop)."""
-    h, w = image.shape[:2]
-    window = min(h, w, round(size / (round(size / CROP_RATIO) / min(h, w))))
-    top, left = (h - window) // 2, (w - window) // 2
-    crop = cv2.resize(image[top : top + window, left : left + window], (size, size), interpolation=cv2.INTER_AREA)
-    blue, green, red = cv2.split(crop)
-    return np.stack([red, green, blue]).astype(np.float32)
+def _area_shrink(image: np.ndarray, size: int) -> np.ndarray:
+    """The shrink ``prepare`` used before ``shrink_square``: one INTER_AREA resize."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _frame(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -70,21 +66,22 @@ def main() -> int:
     print(f"OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads")
     rng = np.random.default_rng(0)
     embedders: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as backends:
         header = ("frame", "input", "prepare ms", "INTER_AREA ms", "ratio", "mean |diff|")
         print("{:>11} {:>5}  {:>10}  {:>13}  {:>5}  {:>11}  cosine".format(*header))
         for width, height, size in CASES:
             frames = [_frame(width, height, rng) for _ in range(4)]
             ours = _ms(lambda f=frames[0], s=size: prepare(f, s), args.repeats)
-            area = _ms(lambda f=frames[0], s=size: _area_prepare(f, s), args.repeats)
+            area = _ms(lambda f=frames[0], s=size: prepare(f, s, _area_shrink), args.repeats)
             a = np.stack([prepare(f, size) for f in frames])
-            b = np.stack([_area_prepare(f, size) for f in frames])
+            b = np.stack([prepare(f, size, _area_shrink) for f in frames])
             diff = float(np.abs(a - b).mean())
             cosine = "-"
             if GROCERY.is_dir():
                 if size not in embedders:
                     model = export_default_backbone(Path(tmp) / f"backbone-{size}.onnx", size)
                     backend = create_backend("onnxruntime-cpu", model, threads=0, embedding_output=EMBEDDING_OUTPUT)
+                    backends.callback(backend.close)
                     embedders[size] = backend.embed
                 ea, eb = embedders[size](a), embedders[size](b)
                 ea /= np.linalg.norm(ea, axis=1, keepdims=True)

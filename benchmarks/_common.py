@@ -59,7 +59,7 @@ def _edge_build_cmd() -> list[str]:
 
 def demo_video(seconds: float, size: tuple[int, int] = (640, 480), fps: int = 10) -> Path:
     """A deterministic demo video (products held up or sliding past, idle gaps), made once in the cache."""
-    from edge_runtime.build.demo import generate_demo_video
+    from edge_runtime.demo import generate_demo_video
 
     target = CACHE / "bench" / f"demo-{seconds:g}s-{size[0]}x{size[1]}.mp4"
     for existing in (target, target.with_suffix(".avi")):

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import create_backend
-from edge_runtime.build.augment import augment_batch
-from edge_runtime.build.pipeline import BuildOptions, run_build
+from edge_runtime.builder.augment import augment_batch
+from edge_runtime.builder.pipeline import BuildOptions, run_build
 from edge_runtime.bundle import load_bundle
 from edge_runtime.features import head_input
 from edge_runtime.head.calibration import ece, softmax

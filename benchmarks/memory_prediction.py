@@ -26,7 +26,7 @@ from typing import Any
 
 from _common import REPO, broker, demo_bundle, machine_line
 
-from edge_runtime.build.footprint import measure_in_subprocess
+from edge_runtime.builder.footprint import measure_in_subprocess
 from edge_runtime.bundle import MODEL, load_bundle
 from edge_runtime.run.pipeline import bundle_profile
 

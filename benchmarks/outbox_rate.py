@@ -83,7 +83,7 @@ def crop_message(i: int, jpeg_b64: str) -> dict[str, Any]:
 
 
 def _crop_b64() -> str:
-    from edge_runtime.build.demo import demo_skus, render_product
+    from edge_runtime.demo import demo_skus, render_product
 
     image = render_product(demo_skus(0)[3], np.random.default_rng(7), size=(320, 240))
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])

@@ -25,7 +25,7 @@ import numpy as np
 from _common import GROCERY, machine_line
 
 from edge_runtime.backends import create_backend
-from edge_runtime.build.backbone import EMBEDDING_OUTPUT, export_default_backbone
+from edge_runtime.builder.backbone import EMBEDDING_OUTPUT, export_default_backbone
 from edge_runtime.preprocess import prepare, read_image
 
 CASES = ((348, 348, 224), (640, 480, 192), (640, 480, 224), (1280, 720, 224), (1920, 1080, 224), (1920, 1080, 288))

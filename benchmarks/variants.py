@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 
 from edge_runtime.backends import create_backend
-from edge_runtime.build.backbone import export_default_backbone
-from edge_runtime.build.footprint import MIB, measure_in_subprocess
-from edge_runtime.build.quantize import load_model, make_variant
+from edge_runtime.builder.backbone import export_default_backbone
+from edge_runtime.builder.footprint import MIB, measure_in_subprocess
+from edge_runtime.builder.quantize import load_model, make_variant
 from edge_runtime.head.projection import fit_lda
 from edge_runtime.head.prototypes import PrototypeTable, class_centroids, l2_normalise, nearest
 from edge_runtime.preprocess import prepare, prepare_batch, read_image
@@ -42,7 +42,7 @@ def _images(root: Path | None, count: int, seed: int) -> tuple[np.ndarray, str]:
     if root is None and SHARED_TRAIN.is_dir():
         root = SHARED_TRAIN
     if root is None:
-        from edge_runtime.build.demo import generate_demo_catalogue
+        from edge_runtime.demo import generate_demo_catalogue
 
         root = generate_demo_catalogue(Path(tempfile.mkdtemp()) / "demo", seed=seed)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.build.demo import generate_demo_video
+from edge_runtime.demo import generate_demo_video
 from edge_runtime.errors import EdgeError
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
 

@@ -10,7 +10,7 @@ from pathlib import Path
 # Lets the script run from a plain checkout, where edge_runtime is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime.build.backbone import export_default_backbone
+from edge_runtime.builder.backbone import export_default_backbone
 from edge_runtime.errors import EdgeError
 
 

@@ -251,7 +251,7 @@ class SyntheticSource(Source):
 
 def render_frames(target: str, width: str, height: str, distinct: str, seed: str) -> None:
     """The child process of SyntheticSource: write ``distinct`` JPEG frames to ``target`` (.npz)."""
-    from edge_runtime.build.demo import demo_skus, demo_unknown_skus, render_product
+    from edge_runtime.demo import demo_skus, demo_unknown_skus, render_product
 
     w, h, n, s = int(width), int(height), int(distinct), int(seed)
     known, unknown = demo_skus(s), demo_unknown_skus(s)

@@ -102,7 +102,7 @@ def build_main(argv: list[str] | None = None) -> int:
                     f"--engine-on-device needs TensorRT on this machine: {reason}",
                     hint="run edge-build on the device itself, or leave the engine to edge-run's first start",
                 )
-        from edge_runtime.build.pipeline import BuildOptions, dumps_summary, run_build, summary_text
+        from edge_runtime.builder.pipeline import BuildOptions, dumps_summary, run_build, summary_text
         from edge_runtime.bundle import load_signing_key
 
         if args.signing_key is not None:
@@ -308,8 +308,8 @@ def check_main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import json
 
-        from edge_runtime.build.check import run_check
-        from edge_runtime.build.report import summary_text
+        from edge_runtime.builder.check import run_check
+        from edge_runtime.builder.report import summary_text
         from edge_runtime.errors import ReadinessError
 
         report = run_check(

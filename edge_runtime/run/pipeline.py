@@ -305,7 +305,7 @@ def demo_video(state_dir: Path, camera: Camera) -> Path:
     """The generated demo video under the state dir (made once): what dev-cpu's empty camera source means."""
     # The one place run/ reaches into build/: the generator is pure OpenCV drawing, and only the developer
     # profile uses it. Imported lazily so a device never loads it.
-    from edge_runtime.build.demo import generate_demo_video
+    from edge_runtime.demo import generate_demo_video
 
     target = state_dir / "demo" / "demo-video.mp4"
     for existing in (target, target.with_suffix(".avi")):

@@ -18,19 +18,19 @@ import onnx
 
 from edge_runtime import __version__
 from edge_runtime.backends import create_backend, first_available
-from edge_runtime.build import catalogue as cat
-from edge_runtime.build.augment import augment_batch
-from edge_runtime.build.backbone import (
+from edge_runtime.builder import catalogue as cat
+from edge_runtime.builder.augment import augment_batch
+from edge_runtime.builder.backbone import (
     BACKBONE_GRAPH_VERSION,
     EMBEDDING_OUTPUT,
     MULTI_EMBEDDING_OUTPUT,
     can_clip_head,
     clip_head,
 )
-from edge_runtime.build.choose import choose, format_table, violations
-from edge_runtime.build.footprint import FRAME_QUEUE_DEPTH, MIB, measure_in_subprocess, tensor_queue_bytes
-from edge_runtime.build.quantize import int8_scheme_for, load_model, make_variant
-from edge_runtime.build.readiness import ReadinessReport, run_readiness, write_report
+from edge_runtime.builder.choose import choose, format_table, violations
+from edge_runtime.builder.footprint import FRAME_QUEUE_DEPTH, MIB, measure_in_subprocess, tensor_queue_bytes
+from edge_runtime.builder.quantize import int8_scheme_for, load_model, make_variant
+from edge_runtime.builder.readiness import ReadinessReport, run_readiness, write_report
 from edge_runtime.bundle import (
     HEAD,
     LABELS,
@@ -112,7 +112,7 @@ class BuildResult:
 def resolve_catalogue(opts: BuildOptions) -> Path:
     if opts.catalogue is not None:
         return opts.catalogue
-    from edge_runtime.build.demo import generate_demo_catalogue
+    from edge_runtime.demo import generate_demo_catalogue
 
     target = opts.cache_dir / "demo-catalogue"
     log.info("no --catalogue given: using the generated demo catalogue in %s", target)
@@ -122,7 +122,7 @@ def resolve_catalogue(opts: BuildOptions) -> Path:
 def resolve_backbone(opts: BuildOptions) -> Path:
     if opts.model is not None:
         return opts.model
-    from edge_runtime.build.backbone import default_checkpoint_path, export_default_backbone
+    from edge_runtime.builder.backbone import default_checkpoint_path, export_default_backbone
 
     ckpt = default_checkpoint_path()
     # The graph version is in the name so a cache written by an older exporter is never reused.

@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edge_runtime.build import backbone
-from edge_runtime.build.backbone import (
+from edge_runtime.builder import backbone
+from edge_runtime.builder.backbone import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     MULTI_EMBEDDING_OUTPUT,
@@ -28,7 +28,7 @@ from edge_runtime.build.backbone import (
 from edge_runtime.errors import ModelError, UsageError
 from edge_runtime.preprocess import prepare_batch, read_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 REFERENCE = SHARED / "models" / "efficientnet_lite0_fp32.onnx"
 TRAIN_IMAGES = SHARED / "data" / "grocery" / "train"
 PARITY_TOLERANCE = 1e-4
@@ -135,9 +135,9 @@ def test_clipped_head_caps_only_the_head_part_of_the_multi_layer_embedding(expor
 
 
 def test_build_clips_at_the_percentile_of_catalogue_activations(exported_224: Path, tmp_path: Path) -> None:
-    from edge_runtime.build import catalogue as cat
-    from edge_runtime.build.demo import generate_demo_catalogue
-    from edge_runtime.build.pipeline import clip_backbone
+    from edge_runtime.builder import catalogue as cat
+    from edge_runtime.demo import generate_demo_catalogue
+    from edge_runtime.builder.pipeline import clip_backbone
 
     decoded = cat.decode_catalogue(
         cat.load_catalogue(generate_demo_catalogue(tmp_path / "cat", seed=3, scale=0.25)), [96]

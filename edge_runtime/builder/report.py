@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from edge_runtime.build.readiness import Check, ReadinessReport
+    from edge_runtime.builder.readiness import Check, ReadinessReport
 
 log = logging.getLogger(__name__)
 

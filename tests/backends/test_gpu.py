@@ -37,7 +37,7 @@ from edge_runtime.backends.onnxruntime import (
 from edge_runtime.errors import ModelError, UsageError
 from edge_runtime.profile import load_profile
 
-from .conftest import tiny_backbone
+from tests.conftest import tiny_backbone
 
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
 HAS_TRT_EP = "TensorrtExecutionProvider" in ort.get_available_providers()
@@ -789,7 +789,7 @@ def test_tensorrt_engine_parity_with_onnxruntime_cpu(tmp_path: Path) -> None:
     reason = trt_backend.tensorrt_probe()
     if reason is not None:
         pytest.skip(f"native TensorRT is not usable here: {reason}")
-    from edge_runtime.build.quantize import make_variant
+    from edge_runtime.builder.quantize import make_variant
 
     base = tiny_backbone(64)
     calib = np.random.default_rng(1).uniform(0, 255, (16, 3, 64, 64)).astype(np.float32)

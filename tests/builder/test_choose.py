@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.build.choose import choose, format_table, violations
+from edge_runtime.builder.choose import choose, format_table, violations
 from edge_runtime.errors import EXIT_NOTHING_FITS, BudgetError
 from edge_runtime.types import Accuracy, Candidate, Footprint, Measurement, ModelVariant, VariantSpec
 

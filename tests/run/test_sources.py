@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.build.demo import generate_demo_video
+from edge_runtime.demo import generate_demo_video
 from edge_runtime.errors import InputError
 from edge_runtime.run import sources
 from edge_runtime.run.sources import (

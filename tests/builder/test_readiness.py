@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.build import readiness
-from edge_runtime.build.demo import generate_demo_catalogue
-from edge_runtime.build.readiness import (
+from edge_runtime.builder import readiness
+from edge_runtime.demo import generate_demo_catalogue
+from edge_runtime.builder.readiness import (
     CHECK_IDS,
     SCHEMA,
     Check,
@@ -39,7 +39,7 @@ from edge_runtime.head.prototypes import l2_normalise
 from edge_runtime.profile import DeviceProfile, Readiness, Routing, load_profile
 from edge_runtime.types import SkuInfo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DIM = 32
 
 
@@ -123,7 +123,11 @@ def test_centroid_pairs_in_blocks_and_sampled_match_the_exact_answer(monkeypatch
     monkeypatch.setattr(readiness, "MAX_EXACT_PAIRS", 20_000)  # sample the percentile, small row blocks
     monkeypatch.setattr(readiness, "PAIR_BLOCK_VALUES", 3_000)
     sampled = readiness._centroid_pairs(cents, 5.0, 0.3, 20)
-    assert not sampled[5] and sampled[2] == exact[2] and sampled[4] == exact[4] == int((dist < 0.3).sum())
+    assert not sampled[5] and sampled[4] == exact[4] == int((dist < 0.3).sum())
+    # The same pairs in the same order; distances to float32 rounding, since row blocks of another size take
+    # another BLAS path (1e-7 apart on some machines). A wrong pair is still caught by its indices.
+    assert [p[:2] for p in sampled[2]] == [p[:2] for p in exact[2]]
+    assert [p[2] for p in sampled[2]] == pytest.approx([p[2] for p in exact[2]], abs=1e-6)
     assert sampled[1] == pytest.approx(exact[1], rel=0.05)
 
 
@@ -255,7 +259,7 @@ def test_plotting_stays_out_of_the_device_runtime() -> None:
     for folder in ("run", "head"):
         for source in (REPO / "edge_runtime" / folder).rglob("*.py"):
             assert "matplotlib" not in source.read_text(), source
-    code = "import sys, edge_runtime.build.readiness, edge_runtime.build.report; assert 'matplotlib' not in sys.modules"
+    code = "import sys, edge_runtime.builder.readiness, edge_runtime.builder.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

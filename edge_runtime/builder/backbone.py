@@ -406,7 +406,7 @@ def build_efficientnet_lite0(state: dict[str, np.ndarray], input_size: int = 224
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="edge_runtime.build.backbone",
+        producer_name="edge_runtime.builder.backbone",
         ir_version=IR_VERSION,
     )
     model.doc_string = "EfficientNet-Lite0 (ImageNet-1k); input RGB 0..255, normalised inside the graph"

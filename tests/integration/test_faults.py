@@ -41,7 +41,7 @@ from tests.faultkit import (
     snapshot_outbox,
     wait_until,
 )
-from tests.test_sources import MjpegServer
+from tests.run.test_sources import MjpegServer
 
 mosquitto = broker.mosquitto
 mosquitto_factory = broker.mosquitto_factory

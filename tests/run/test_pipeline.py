@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_runtime.build.demo import generate_demo_catalogue, generate_demo_video
+from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main, run_main
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
@@ -50,7 +50,7 @@ from tests.conftest import tiny_backbone
 mosquitto = broker.mosquitto
 mosquitto_factory = broker.mosquitto_factory
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VIDEO_FRAMES = 30  # 3 s at 10 fps
 FRAME_SIZE = (320, 240)  # (width, height)
 CROP_CAP = 128

@@ -20,7 +20,7 @@ from edge_runtime.profile import (
 )
 
 SHIPPED = ["cart-v2", "dev-cpu", "jetson-orin-base", "shelf-cam-v1"]
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
+REPO_PROFILES = Path(__file__).resolve().parents[2] / "device_profiles"
 
 MINIMAL = """
 [device]

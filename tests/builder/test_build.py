@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.build.catalogue import decode_catalogue, load_catalogue
-from edge_runtime.build.demo import generate_demo_catalogue
+from edge_runtime.builder.catalogue import decode_catalogue, load_catalogue
+from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main
 from edge_runtime.errors import EXIT_INPUT, EXIT_NOTHING_FITS, EXIT_READINESS, EXIT_USAGE, CatalogueError
 from edge_runtime.head.prototypes import PrototypeTable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

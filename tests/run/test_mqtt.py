@@ -30,7 +30,7 @@ from tests.broker import Collector, Mosquitto, make_tls_files
 mosquitto = broker.mosquitto
 mosquitto_factory = broker.mosquitto_factory
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEVICE = "cam-1"
 
 

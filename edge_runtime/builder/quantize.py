@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edge_runtime.build.backbone import MULTI_EMBEDDING_OUTPUT
+from edge_runtime.builder.backbone import MULTI_EMBEDDING_OUTPUT
 from edge_runtime.errors import ModelError
 from edge_runtime.types import Precision
 

@@ -13,7 +13,7 @@ from build_scripts.render_units import main as render_main
 from build_scripts.render_units import render_units
 from edge_runtime.profile import list_profiles, load_profile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = str(Path(sys.executable).parent)  # a real edge-run: systemd-analyze checks that ExecStart exists
 
 

@@ -7,11 +7,11 @@ import onnx
 import pytest
 
 from edge_runtime.backends import create_backend
-from edge_runtime.build.footprint import measure_in_subprocess
-from edge_runtime.build.quantize import load_model, make_variant, native_input_size
+from edge_runtime.builder.footprint import measure_in_subprocess
+from edge_runtime.builder.quantize import load_model, make_variant, native_input_size
 from edge_runtime.errors import ModelError
 
-from .conftest import tiny_backbone
+from tests.conftest import tiny_backbone
 
 
 def _embed(model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, name: str) -> np.ndarray:
@@ -86,8 +86,8 @@ def test_footprint_measured_in_a_subprocess(tiny_model_path: Path) -> None:
 
 
 def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:
-    from edge_runtime.build.footprint import FRAME_QUEUE_DEPTH, TENSOR_QUEUE_DEPTH, tensor_queue_bytes
-    from edge_runtime.build.pipeline import regions_per_frame
+    from edge_runtime.builder.footprint import FRAME_QUEUE_DEPTH, TENSOR_QUEUE_DEPTH, tensor_queue_bytes
+    from edge_runtime.builder.pipeline import regions_per_frame
     from edge_runtime.profile import load_profile
     from edge_runtime.run import pipeline as run
 

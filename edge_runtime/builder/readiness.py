@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_runtime.build import report as report_mod
+from edge_runtime.builder import report as report_mod
 from edge_runtime.errors import InputError
 from edge_runtime.head.fit import cluster_folds
 from edge_runtime.head.model import Head

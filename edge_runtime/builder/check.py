@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge_runtime.build import catalogue as cat
-from edge_runtime.build.footprint import MIB, measure_in_subprocess, tensor_queue_bytes
-from edge_runtime.build.pipeline import (
+from edge_runtime.builder import catalogue as cat
+from edge_runtime.builder.footprint import MIB, measure_in_subprocess, tensor_queue_bytes
+from edge_runtime.builder.pipeline import (
     FRAME_QUEUE_DEPTH,
     HOLDOUT_FOLDS,
     BuildOptions,
@@ -32,8 +32,8 @@ from edge_runtime.build.pipeline import (
     measurement_backend,
     regions_per_frame,
 )
-from edge_runtime.build.quantize import make_variant
-from edge_runtime.build.readiness import ReadinessReport, read_history, run_readiness, write_report
+from edge_runtime.builder.quantize import make_variant
+from edge_runtime.builder.readiness import ReadinessReport, read_history, run_readiness, write_report
 from edge_runtime.features import compose
 from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
 from edge_runtime.profile import load_profile

@@ -58,7 +58,7 @@ def measure_in_subprocess(
     cmd = [
         sys.executable,
         "-m",
-        "edge_runtime.build.footprint",
+        "edge_runtime.builder.footprint",
         "--model",
         str(model),
         "--backend",

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export EDGE_CACHE_DIR ?= $(CURDIR)/.cache
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test lint sysdeps clean bench
+.PHONY: setup demo test lint typecheck sysdeps clean bench
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts
 	$(VENV)/bin/ruff format --check edge_runtime tests benchmarks build_scripts
+
+typecheck: setup
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/run_all.py

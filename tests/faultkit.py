@@ -21,9 +21,9 @@ from typing import Any
 import onnx
 import psutil
 
-from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.bundle import MANIFEST, PROFILE, SIGNATURE, json_bytes, write_bundle
 from edge_runtime.cli import build_main
+from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.run.outbox import OUTBOX_FILENAME
 from tests.conftest import tiny_backbone
 

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from edge_runtime.bench import BenchOptions, SyntheticSource, run_bench
-from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.cli import bench_main, build_main
+from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.errors import EXIT_BENCH, EXIT_USAGE
 from tests import broker
 from tests.broker import Collector, Mosquitto

@@ -36,7 +36,6 @@ from edge_runtime.backends.onnxruntime import (
 )
 from edge_runtime.errors import ModelError, UsageError
 from edge_runtime.profile import load_profile
-
 from tests.conftest import tiny_backbone
 
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

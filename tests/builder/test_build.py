@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge_runtime.builder.catalogue import decode_catalogue, load_catalogue
-from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main
+from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.errors import EXIT_INPUT, EXIT_NOTHING_FITS, EXIT_READINESS, EXIT_USAGE, CatalogueError
 from edge_runtime.head.prototypes import PrototypeTable
 

@@ -10,7 +10,6 @@ from edge_runtime.backends import create_backend
 from edge_runtime.builder.footprint import measure_in_subprocess
 from edge_runtime.builder.quantize import load_model, make_variant, native_input_size
 from edge_runtime.errors import ModelError
-
 from tests.conftest import tiny_backbone
 
 

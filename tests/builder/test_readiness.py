@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from edge_runtime.builder import readiness
-from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.builder.readiness import (
     CHECK_IDS,
     SCHEMA,
@@ -33,6 +32,7 @@ from edge_runtime.builder.readiness import (
     write_report,
 )
 from edge_runtime.cli import check_main
+from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.errors import EXIT_INPUT, EXIT_READINESS, InputError
 from edge_runtime.head.fit import FitSettings, fit_head
 from edge_runtime.head.prototypes import l2_normalise
@@ -259,7 +259,10 @@ def test_plotting_stays_out_of_the_device_runtime() -> None:
     for folder in ("run", "head"):
         for source in (REPO / "edge_runtime" / folder).rglob("*.py"):
             assert "matplotlib" not in source.read_text(), source
-    code = "import sys, edge_runtime.builder.readiness, edge_runtime.builder.report; assert 'matplotlib' not in sys.modules"
+    code = (
+        "import sys, edge_runtime.builder.readiness, edge_runtime.builder.report; "
+        "assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -24,9 +24,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main, run_main
+from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
 from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.pipeline import (

@@ -1,37 +1,18 @@
-"""Device profiles: one validated TOML file per device class.
+"""The profile schema: pydantic v2 models, one per TOML table, every one ``extra="forbid"`` and frozen.
 
-A profile says what a device can afford (memory budget, latency ceiling, which
-backends and precisions exist on it), what it looks at (cameras, regions) and
-how it talks to the store (MQTT, outbox, metrics). edge-build picks a model
-variant against it, edge-run runs with it, edge-bench checks it on hardware.
-
-Profiles may ``extends = "other"`` a parent. Tables merge key by key, arrays and
-scalars in the child replace the parent's, and the merged result is validated
-once. Every problem is reported at once, each against the file in the extends
-chain that actually set the offending key::
-
-    invalid device profile cart-v2.toml (2 problems)
-      - cart-v2.toml: device.memory_budget_mib: Input should be greater than or equal to 16
-      - jetson-orin-base.toml: backend.precison: unknown key (allowed: prefer, precisions, ...)
-
-Loading is strict: TOML is typed, so ``port = "1883"`` is an error, not a
-silent conversion, and infinities/NaN are rejected for every float.
+The field descriptions are the reference for profile authors (device_profiles/dev-cpu.toml shows every table
+with comments). Validation is strict (TOML is typed, so ``port = "1883"`` is an error, not a silent conversion)
+and infinities/NaN are rejected for every float. Reading files, ``extends`` and error reporting live in
+loader.py and problems.py.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 import hashlib
 import json
-import os
 import re
-import sys
-import types
-import typing
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -40,27 +21,21 @@ from pydantic import (
     Field,
     FiniteFloat,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
-from edge_runtime.errors import ProfileError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 __all__ = [
-    "DEFAULT_PROFILE",
-    "PROFILES_ENV",
+    "EXTENDS_KEY",
     "Backend",
     "BackendName",
+    "Box",
     "Camera",
     "Device",
     "DeviceProfile",
+    "HeadFit",
     "Health",
+    "InputSize",
     "Metrics",
     "Mqtt",
     "Outbox",
@@ -70,22 +45,12 @@ __all__ = [
     "Routing",
     "Sampler",
     "Security",
-    "list_profiles",
-    "load_profile",
-    "profile_search_dirs",
-    "resolve_profile_path",
 ]
 
-PROFILES_ENV = "EDGE_PROFILES_DIR"
-DEFAULT_PROFILE = "dev-cpu"
-PROFILE_SUFFIX = ".toml"
+# The one top-level key that is not a table of the schema: the parent profile, removed before validation.
 EXTENDS_KEY = "extends"
 
-# <repo root>/device_profiles, where the repo root is the parent of this package.
-_REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
-
 _NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-_HINT = "compare with device_profiles/dev-cpu.toml (complete and commented); the schema is edge_runtime/profile.py"
 
 Precision = Literal["fp32", "fp16", "int8"]
 BackendName = Literal["tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
@@ -96,10 +61,19 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 def _unique(values: list[Any]) -> list[Any]:
     seen: set[Any] = set()
-    dupes = [v for v in values if v in seen or seen.add(v)]
+    dupes: list[Any] = []
+    for v in values:
+        if v in seen:
+            dupes.append(v)
+        else:
+            seen.add(v)
     if dupes:
         raise ValueError(f"duplicate entries: {', '.join(map(str, dict.fromkeys(dupes)))}")
     return values
+
+
+def _all_precisions() -> list[Precision]:
+    return ["fp32", "fp16", "int8"]
 
 
 def _check_box(box: list[int]) -> list[int]:
@@ -153,7 +127,7 @@ class Backend(BaseModel):
         min_length=1, description="Backbone input sizes (96..512, multiples of 32) worth building."
     )
     table_precisions: list[Precision] = Field(
-        default_factory=lambda: ["fp32", "fp16", "int8"],
+        default_factory=_all_precisions,
         min_length=1,
         description="Precisions the prototype table may be stored in.",
     )
@@ -450,10 +424,12 @@ class Security(BaseModel):
 
 
 class DeviceProfile(BaseModel):
-    """A resolved, merged and validated device profile.
+    """A resolved, merged and validated device profile: one field per TOML table.
 
-    Besides the schema fields it carries ``source_files`` (the extends chain,
-    most-derived first), which is metadata and not part of the TOML or the hash.
+    Build one with ``load_profile`` (files, ``extends``, every problem reported) or in code with
+    ``DeviceProfile.model_validate(dict)``. Instances are frozen. Besides the schema fields it carries
+    ``source_files`` (the extends chain, most-derived first), which is metadata and not part of the TOML or
+    the hash; ``content_hash()`` identifies the resolved profile in bundle manifests.
     """
 
     model_config = _MODEL_CONFIG
@@ -482,6 +458,7 @@ class DeviceProfile(BaseModel):
 
     @property
     def name(self) -> str:
+        """The device class name (``device.name``)."""
         return self.device.name
 
     @property
@@ -491,6 +468,7 @@ class DeviceProfile(BaseModel):
 
     @property
     def mqtt_device_id(self) -> str:
+        """The device id in MQTT topics: ``mqtt.device_id``, else ``device.name``."""
         return self.mqtt.device_id or self.device.name
 
     def canonical_json(self) -> str:
@@ -500,305 +478,3 @@ class DeviceProfile(BaseModel):
     def content_hash(self) -> str:
         """sha256 hex of the canonical JSON; equal for equal resolved profiles whatever files they came from."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
-
-
-# --------------------------------------------------------------------------- finding profiles
-
-
-def _env_dirs() -> list[Path]:
-    raw = os.environ.get(PROFILES_ENV, "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
-
-
-def _dedupe_dirs(dirs: Iterable[Path]) -> list[Path]:
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        key = d.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return out
-
-
-# Where a wheel install puts the shipped profiles (pyproject.toml's data-files).
-_INSTALLED_PROFILES_DIR = Path(sys.prefix) / "share" / "edge_runtime" / "device_profiles"
-
-
-def profile_search_dirs() -> list[Path]:
-    """$EDGE_PROFILES_DIR (os.pathsep-separated), ./device_profiles, <repo>/device_profiles, then the copies a
-    wheel install ships under <prefix>/share; existing ones only."""
-    return _dedupe_dirs([*_env_dirs(), Path.cwd() / "device_profiles", _REPO_PROFILES_DIR, _INSTALLED_PROFILES_DIR])
-
-
-def list_profiles() -> list[str]:
-    """Names of the profiles in the search dirs, sorted (a name in an earlier dir shadows later ones)."""
-    names: set[str] = set()
-    for d in profile_search_dirs():
-        names.update(p.stem for p in d.glob(f"*{PROFILE_SUFFIX}") if p.is_file())
-    return sorted(names)
-
-
-def _looks_like_path(text: str) -> bool:
-    return "/" in text or os.sep in text or text.endswith(PROFILE_SUFFIX)
-
-
-def _searched_lines() -> list[str]:
-    lines = [f"searched: {d}" for d in profile_search_dirs()]
-    lines += [f"${PROFILES_ENV} entry is not a directory: {d}" for d in _env_dirs() if not d.is_dir()]
-    return lines or ["no profile directory exists (set $EDGE_PROFILES_DIR or create ./device_profiles)"]
-
-
-def resolve_profile_path(name_or_path: str) -> Path:
-    """A path (contains '/', ends in .toml, or is an existing file) -> that file; else NAME.toml in the search dirs."""
-    text = str(name_or_path)
-    if not text.strip():
-        raise ProfileError("empty device profile name", hint=f"available profiles: {', '.join(list_profiles())}")
-    candidate = Path(text).expanduser()
-    if _looks_like_path(text) or candidate.is_file():
-        if not candidate.is_file():
-            raise ProfileError(f"device profile file not found: {candidate}", hint="check the path")
-        return candidate
-    for d in profile_search_dirs():
-        path = d / f"{text}{PROFILE_SUFFIX}"
-        if path.is_file():
-            return path
-    available = list_profiles()
-    raise ProfileError(
-        f"unknown device profile {text!r}",
-        problems=[f"available profiles: {', '.join(available) if available else '(none)'}", *_searched_lines()],
-        hint=f"pass one of the available names, a path to a .toml file, or set ${PROFILES_ENV}",
-    )
-
-
-# --------------------------------------------------------------------------- reading and merging
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(f"cannot read device profile {path}: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProfileError(
-            f"device profile {path} is not UTF-8 text", problems=[f"{path.name}: invalid byte at offset {exc.start}"]
-        ) from exc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        detail = str(exc)
-        line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
-        if line is not None and "line" not in detail:
-            detail += f" (at line {line}, column {col})"
-        raise ProfileError(
-            f"TOML syntax error in device profile {path}: {detail}",
-            problems=[f"{path.name}: {detail}"],
-            hint="fix the TOML syntax at the position shown",
-        ) from exc
-
-
-def _resolve_extends(value: str, from_file: Path) -> Path:
-    base_dir = from_file.parent
-    if _looks_like_path(value):
-        target = Path(value).expanduser()
-        if not target.is_absolute():
-            target = base_dir / target
-        if target.is_file():
-            return target.resolve()
-        raise ProfileError(
-            f"device profile {from_file.name} extends {value!r}, which does not exist",
-            problems=[f"{from_file.name}: extends: file not found: {target}"],
-            hint="a path in `extends` is relative to the file that contains it",
-        )
-    dirs = _dedupe_dirs([base_dir, *profile_search_dirs()])
-    for d in dirs:
-        target = d / f"{value}{PROFILE_SUFFIX}"
-        if target.is_file():
-            return target.resolve()
-    available = sorted({p.stem for d in dirs for p in d.glob(f"*{PROFILE_SUFFIX}")})
-    raise ProfileError(
-        f"device profile {from_file.name} extends {value!r}, which was not found",
-        problems=[
-            f"{from_file.name}: extends: no profile named {value!r}",
-            *(f"searched: {d}" for d in dirs),
-            f"available profiles: {', '.join(available) if available else '(none)'}",
-        ],
-        hint="name a profile in the same directory or a search dir, or give a relative path to a .toml file",
-    )
-
-
-def _load_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """[(file, data without `extends`)], most-derived first."""
-    chain: list[tuple[Path, dict[str, Any]]] = []
-    current = path.resolve()
-    while True:
-        seen = [p for p, _ in chain]
-        if current in seen:
-            names = _display_names([*seen, current])
-            cycle = " -> ".join(names[p] for p in [*seen[seen.index(current) :], current])
-            raise ProfileError(
-                f"extends cycle: {cycle}",
-                problems=[f"{names[seen[-1]]}: extends: leads back to {names[current]}"],
-                hint="remove `extends` from one of the files in the cycle",
-            )
-        data = _read_toml(current)
-        parent = data.pop(EXTENDS_KEY, None)
-        chain.append((current, data))
-        if parent is None:
-            return chain
-        if not isinstance(parent, str) or not parent.strip():
-            raise ProfileError(
-                f"invalid device profile {current.name} (1 problem)",
-                problems=[f"{current.name}: extends: must be a profile name or a relative path to a .toml file"],
-                hint=_HINT,
-            )
-        current = _resolve_extends(parent.strip(), current)
-
-
-def _display_names(files: Iterable[Path]) -> dict[Path, str]:
-    """Base names, or full paths where two files in the chain share a base name."""
-    files = list(dict.fromkeys(files))
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f.name] = counts.get(f.name, 0) + 1
-    return {f: (f.name if counts[f.name] == 1 else str(f)) for f in files}
-
-
-Provenance = dict[tuple[str, ...], Path]
-
-
-def _record(prov: Provenance, value: Any, file: Path, path: tuple[str, ...]) -> None:
-    prov[path] = file
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _record(prov, sub, file, (*path, key))
-
-
-def _merge_into(
-    dst: dict[str, Any], src: dict[str, Any], file: Path, prov: Provenance, prefix: tuple[str, ...] = ()
-) -> None:
-    """Deep-merge ``src`` into ``dst``: tables merge recursively; arrays and scalars replace."""
-    for key, value in src.items():
-        path = (*prefix, key)
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
-            prov[path] = file  # the table node: the latest file that touched it
-            _merge_into(dst[key], value, file, prov, path)
-            continue
-        for stale in [p for p in prov if p[: len(path)] == path]:
-            del prov[stale]
-        dst[key] = copy.deepcopy(value)
-        _record(prov, value, file, path)
-
-
-def merge_chain(chain: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any], Provenance]:
-    """Merge an extends chain (most-derived first) into one dict plus the file that set each key."""
-    merged: dict[str, Any] = {}
-    prov: Provenance = {}
-    for file, data in reversed(chain):
-        _merge_into(merged, data, file, prov)
-    return merged, prov
-
-
-# --------------------------------------------------------------------------- error reporting
-
-
-def _unwrap(tp: Any) -> Any:
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    tp: Any = DeviceProfile
-    for part in loc:
-        tp = _unwrap(tp)
-        if isinstance(part, int):
-            if typing.get_origin(tp) not in (list, tuple):
-                return None
-            tp = typing.get_args(tp)[0]
-        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-            tp = tp.model_fields[part].annotation
-        else:
-            return None
-    tp = _unwrap(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _unknown_key_message(loc: tuple[Any, ...]) -> str:
-    model = _model_at(loc[:-1])
-    if model is None:
-        return "unknown key"
-    allowed = list(model.model_fields)
-    if model is DeviceProfile:
-        allowed.insert(0, EXTENDS_KEY)
-    text = f"unknown key (allowed: {', '.join(allowed)})"
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-    return f"{text}; did you mean {close[0]!r}?" if close else text
-
-
-def _blame(loc: tuple[Any, ...], error_type: str, prov: Provenance, default: Path) -> Path:
-    """The file that set the key at ``loc`` (or its nearest ancestor); missing keys -> the most-derived file."""
-    if error_type == "missing":
-        return default
-    keys = tuple(loc)
-    for n in range(len(keys), 0, -1):
-        file = prov.get(keys[:n])
-        if file is not None:
-            return file
-    return default
-
-
-def _problem_lines(exc: ValidationError, prov: Provenance, names: dict[Path, str], default: Path) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            reason = _unknown_key_message(loc)
-        else:
-            reason = err["msg"].removeprefix("Value error, ")
-        file = _blame(loc, err["type"], prov, default)
-        lines.append(f"{names.get(file, file.name)}: {_format_loc(loc)}: {reason}")
-    return lines
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Resolve, read, follow `extends`, merge and validate a profile; raise ProfileError listing every problem."""
-    path = Path(name_or_path) if isinstance(name_or_path, Path) else resolve_profile_path(name_or_path)
-    if not path.is_file():
-        raise ProfileError(f"device profile file not found: {path}", hint="check the path")
-    chain = _load_chain(path)
-    merged, prov = merge_chain(chain)
-    files = [f for f, _ in chain]
-    names = _display_names(files)
-    try:
-        profile = DeviceProfile.model_validate(merged, strict=True)
-    except ValidationError as exc:
-        problems = _problem_lines(exc, prov, names, files[0])
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        raise ProfileError(
-            f"invalid device profile {names[files[0]]} ({count})", problems=problems, hint=_HINT
-        ) from None
-    profile._source_files = tuple(files)
-    return profile

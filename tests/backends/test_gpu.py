@@ -34,6 +34,8 @@ from edge_runtime.backends.onnxruntime import (
     provider_plan,
     trt_cache_dir,
 )
+from edge_runtime.backends.tensorrt import engine as trt_engine
+from edge_runtime.backends.tensorrt import probe as trt_probe
 from edge_runtime.errors import ModelError, UsageError
 from edge_runtime.profile import load_profile
 from tests.conftest import tiny_backbone
@@ -369,30 +371,30 @@ def test_engine_reuse_and_rebuild_decisions(tmp_path: Path, tiny_model_path: Pat
         builds.append(precision)
         return b"ENGINE-" + model_path.read_bytes()[:8], 3.25
 
-    monkeypatch.setattr(trt_backend, "_build_serialized", fake_build)
-    trt_backend._trt_logger.cache_clear()
+    monkeypatch.setattr(trt_engine, "_build_serialized", fake_build)
+    trt_engine._trt_logger.cache_clear()
     with caplog.at_level(logging.INFO, logger="edge_runtime.backends.tensorrt"):
-        path, seconds, engine, _ = trt_backend._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
+        path, seconds, engine, _ = trt_engine._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
         assert (seconds, builds) == (3.25, ["fp16"]) and engine.data.startswith(b"ENGINE")
         assert "no cached engine" in caplog.text
-        again = trt_backend._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
+        again = trt_engine._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
         assert again[0] == path and again[1] == 0.0 and builds == ["fp16"]
         # Another precision or batch is another engine.
-        other = trt_backend._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 8)
+        other = trt_engine._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 8)
         assert other[0] != path and builds == ["fp16", "fp16"]
         # Corrupt bytes: rebuilt, and the log says why.
         path.write_bytes(b"ENGINE-tampered")
         caplog.clear()
-        rebuilt = trt_backend._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
+        rebuilt = trt_engine._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
         assert rebuilt[1] == 3.25 and len(builds) == 3 and "sha256" in caplog.text
         # An engine TensorRT cannot load (other TensorRT build) with a valid sidecar: rebuilt too.
         key = json.loads(trt_backend.sidecar_path(path).read_text())["key"]
         trt_backend.write_cached_engine(path, key, {}, b"GARBAGE", 1.0)
         caplog.clear()
-        trt_backend._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
+        trt_engine._ensure_engine(fake_trt, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
         assert len(builds) == 4 and "could not deserialise" in caplog.text
     assert trt_backend.check_cached_engine(path, key).usable
-    trt_backend._trt_logger.cache_clear()
+    trt_engine._trt_logger.cache_clear()
 
 
 class _FakeDevice:
@@ -513,10 +515,10 @@ def test_tensorrt_backend_buffers_and_batches(tiny_model_path: Path, monkeypatch
     """TensorRTBackend's real buffer, shape, chunking and padding code, on a numpy stand-in for the GPU."""
     device = _FakeDevice()
     engine = _FakeEngine(tiny_model_path, engine_batch, device)
-    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: _FakeTrtModule)
-    monkeypatch.setattr(trt_backend, "open_cuda", lambda device_id=0: device)
+    monkeypatch.setattr(trt_engine, "_import_tensorrt", lambda: _FakeTrtModule)
+    monkeypatch.setattr(trt_engine, "open_cuda", lambda device_id=0: device)
     monkeypatch.setattr(
-        trt_backend, "_ensure_engine", lambda *a: (Path("/state/engines/trt-x.engine"), 2.5, engine, object())
+        trt_engine, "_ensure_engine", lambda *a: (Path("/state/engines/trt-x.engine"), 2.5, engine, object())
     )
     backend = trt_backend.TensorRTBackend(tiny_model_path, state_dir=Path("/state"), max_batch=4)
     assert (backend.name, backend.providers, backend.input_size, backend.max_batch) == (
@@ -542,9 +544,9 @@ def test_tensorrt_backend_buffers_and_batches(tiny_model_path: Path, monkeypatch
 def test_tensorrt_backend_needs_the_named_output(tiny_model_path: Path, monkeypatch) -> None:
     device = _FakeDevice()
     engine = _FakeEngine(tiny_model_path, -1, device)
-    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: _FakeTrtModule)
-    monkeypatch.setattr(trt_backend, "open_cuda", lambda device_id=0: device)
-    monkeypatch.setattr(trt_backend, "_ensure_engine", lambda *a: (Path("/e.engine"), 0.0, engine, object()))
+    monkeypatch.setattr(trt_engine, "_import_tensorrt", lambda: _FakeTrtModule)
+    monkeypatch.setattr(trt_engine, "open_cuda", lambda device_id=0: device)
+    monkeypatch.setattr(trt_engine, "_ensure_engine", lambda *a: (Path("/e.engine"), 0.0, engine, object()))
     with pytest.raises(ModelError, match="features"):
         trt_backend.TensorRTBackend(tiny_model_path, embedding_output="features")
     assert not device.mem  # nothing leaked by the failed open
@@ -579,7 +581,7 @@ def test_tensorrt_probe_gives_a_reason_here() -> None:
 
 def test_tensorrt_probe_is_cached_per_process(monkeypatch) -> None:
     first = trt_backend.tensorrt_probe()
-    monkeypatch.setattr(trt_backend, "run_probe", lambda *a, **k: pytest.fail("probed twice"))
+    monkeypatch.setattr(trt_probe, "run_probe", lambda *a, **k: pytest.fail("probed twice"))
     assert trt_backend.tensorrt_probe() == first
     from edge_runtime.backends.base import unavailable_reason
 
@@ -612,7 +614,7 @@ def test_probe_survives_crashes_hangs_and_noise() -> None:
     ],
 )
 def test_probe_answers_become_reasons(data: dict, expected: str) -> None:
-    reason = trt_backend._interpret(data).reason
+    reason = trt_probe._interpret(data).reason
     assert reason is not None and expected in reason
 
 

@@ -215,7 +215,7 @@ def test_video_reads_back_with_expected_frame_count(tmp_path: Path) -> None:
 
 
 def test_video_falls_back_to_mjpg_avi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_runtime.demo import generator as demo
+    from edge_runtime.demo import video as demo
 
     real = demo._count_frames
     # Pretend this OpenCV build writes mp4v files it cannot read back.

@@ -115,9 +115,9 @@ def scatter_pasta(
             ln, amp = w * 0.1, w * 0.03
             xs = t * ln
             ys = np.sin(t * 3 * math.pi) * amp
-            px = cx + xs * math.cos(ang) - ys * math.sin(ang)
-            py = cy + xs * math.sin(ang) + ys * math.cos(ang)
-            pts = np.stack([px, py], 1).round().astype(np.int32)
+            curve_x = cx + xs * math.cos(ang) - ys * math.sin(ang)
+            curve_y = cy + xs * math.sin(ang) + ys * math.cos(ang)
+            pts = np.stack([curve_x, curve_y], 1).round().astype(np.int32)
             cv2.polylines(img, [pts], False, dark, 5, cv2.LINE_AA)
             cv2.polylines(img, [pts], False, col, 3, cv2.LINE_AA)
 

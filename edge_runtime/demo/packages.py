@@ -285,9 +285,9 @@ def _bag(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
     cv2.fillPoly(img, [poly], sku.body, cv2.LINE_AA)
     cv2.fillPoly(alpha, [poly], 255, cv2.LINE_AA)
     for k in range(1, 2 * teeth):  # heat-seal ridges
-        xx = w * k / (2 * teeth)
-        cv2.line(img, pt(xx, 2), pt(xx, crimp - 2), shade(sku.body, 0.82), 1)
-        cv2.line(img, pt(xx, h - crimp + 2), pt(xx, h - 3), shade(sku.body, 0.82), 1)
+        x_ridge = w * k / (2 * teeth)
+        cv2.line(img, pt(x_ridge, 2), pt(x_ridge, crimp - 2), shade(sku.body, 0.82), 1)
+        cv2.line(img, pt(x_ridge, h - crimp + 2), pt(x_ridge, h - 3), shade(sku.body, 0.82), 1)
     cv2.ellipse(img, pt(w * 0.5, h * 0.24), pt(w * 0.44, h * 0.12), -6, 0, 360, sku.accent, -1, cv2.LINE_AA)
     cv2.ellipse(img, pt(w * 0.5, h * 0.24), pt(w * 0.44, h * 0.12), -6, 0, 360, (255, 255, 255), 3, cv2.LINE_AA)
     put_text(img, sku.brand, (w * 0.14, h * 0.17, w * 0.86, h * 0.31), sku.ink, sku.font, 1.3)

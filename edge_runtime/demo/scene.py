@@ -62,8 +62,8 @@ def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
                 cv2.rectangle(img, pt(c[0] - r, c[1] - r / 2), pt(c[0] + r, c[1] + r / 2), col, -1)
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(1.5, 6.0))
     else:  # surface: low-frequency noise plus grain, like a counter top or cart floor
-        low = rng.uniform(-1, 1, (6, 6)).astype(np.float32)
-        low = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+        coarse = rng.uniform(-1, 1, (6, 6)).astype(np.float32)
+        low = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
         grain_freq = rng.uniform(0.05, 0.3)
         yy = np.arange(h, dtype=np.float32)[:, None]
         grain = np.sin(yy * grain_freq + low * 6.0) * 0.5
@@ -172,7 +172,7 @@ def composite(scene: np.ndarray, template: np.ndarray, m: np.ndarray, shadow: tu
     alpha = warped[..., 3].astype(np.float32) * (1.0 / 255.0)
     dx, dy, strength = shadow
     if strength > 0:
-        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        shift = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
         sh = cv2.warpAffine(alpha, shift, (w, h))
         sh = cv2.GaussianBlur(sh, (0, 0), 1.0 + abs(dx) * 0.8)
         scene *= (1.0 - strength * sh)[..., None]
@@ -197,9 +197,10 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.6))
     elif blur_kind < 0.5:  # motion blur from a moving cart or hand
         ln = int(rng.integers(3, 10))
-        k = np.zeros((ln, ln), np.float32)
-        k[ln // 2, :] = 1.0 / ln
-        k = cv2.warpAffine(k, cv2.getRotationMatrix2D(((ln - 1) / 2, (ln - 1) / 2), rng.uniform(0, 180), 1.0), (ln, ln))
+        line = np.zeros((ln, ln), np.float32)
+        line[ln // 2, :] = 1.0 / ln
+        rotation = cv2.getRotationMatrix2D(((ln - 1) / 2, (ln - 1) / 2), rng.uniform(0, 180), 1.0)
+        k = cv2.warpAffine(line, rotation, (ln, ln))
         img = cv2.filter2D(img, -1, k / max(k.sum(), 1e-6))
     img += rng.normal(0, rng.uniform(1.0, 5.0), img.shape).astype(np.float32)
     out = np.clip(img, 0, 255).astype(np.uint8)

@@ -98,7 +98,7 @@ def generate_demo_video(
     for fourcc, suffix in (("mp4v", ".mp4"), ("MJPG", ".avi")):
         final = out_path.with_suffix(suffix)
         tmp = final.with_name(f".{final.stem}.tmp{suffix}")  # the suffix picks the container
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), float(fps), size)
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*fourcc), float(fps), size)
         if not writer.isOpened():
             writer.release()
             tmp.unlink(missing_ok=True)

@@ -85,10 +85,17 @@ def _check_entry(where: str, entry: Any) -> DemoSku:
     shape = entry["shape"]
     if shape not in SHAPES:
         raise fail("shape", f"unknown shape {shape!r}", f"use one of {_choices(SHAPES)} (packages.py)")
-    motif = entry.get("motif", "")
-    if motif not in MOTIFS[shape]:
-        allowed = _choices(m for m in MOTIFS[shape] if m) or "none"
-        raise fail("motif", f"shape {shape!r} has no motif {motif!r}", f"use one of {allowed}, or leave it out")
+    motif, choices = entry.get("motif", ""), MOTIFS[shape]
+    if motif not in choices:
+        named = _choices(m for m in choices if m)
+        problem = f"shape {shape!r} has no motif {motif!r}" if motif else f"shape {shape!r} needs a motif"
+        if not named:
+            fix = "leave it out"
+        elif "" in choices:
+            fix = f"use one of {named}, or leave it out"
+        else:
+            fix = f"use one of {named}"
+        raise fail("motif", problem, fix)
     if entry["logo"] not in LOGOS:
         raise fail("logo", f"unknown logo {entry['logo']!r}", f"use one of {_choices(LOGOS)} (logos.py)")
     font = entry.get("font", DemoSku.font)
@@ -137,7 +144,7 @@ def parse_designs(text: str, source: str = DESIGNS_FILE) -> dict[str, list[DemoS
 def shipped_designs() -> dict[str, list[DemoSku]]:
     """The designs shipped with the package (designs.toml next to this module), parsed once."""
     text = resources.files("edge_runtime.demo").joinpath(DESIGNS_FILE).read_text(encoding="utf-8")
-    return parse_designs(text)
+    return parse_designs(text, source=f"edge_runtime/demo/{DESIGNS_FILE}")
 
 
 def long_tail_counts(n: int, head: int = MAX_IMAGES, tail: int = MIN_IMAGES) -> list[int]:

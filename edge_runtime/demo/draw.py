@@ -1,7 +1,7 @@
 """Drawing primitives for the demo packages: points, colours, fitted text, stars, leaves, pasta, cylinder shading.
 
-Everything draws with OpenCV into uint8 BGR images in place. Sizes and points are floats rounded the same way
-everywhere (``pt``), so a design renders to the same bytes on every machine.
+Everything draws with OpenCV into uint8 BGR images in place. Sizes are floats until the last moment; ``pt``
+rounds a point one way everywhere, whether its coordinates are Python floats or numpy scalars.
 """
 
 from __future__ import annotations
@@ -23,15 +23,18 @@ FONTS = {
 
 
 def pt(x: float, y: float) -> tuple[int, int]:
+    """An OpenCV pixel point from float coordinates."""
     # floor(v + 0.5) rather than round(): inputs are often numpy scalars, and this always gives int.
     return math.floor(x + 0.5), math.floor(y + 0.5)
 
 
 def shade(c: BGR, f: float) -> BGR:
+    """``c`` darkened (f < 1) or brightened (f > 1), clipped to 0-255."""
     return tuple(int(min(255, max(0, v * f))) for v in c)  # type: ignore[return-value]
 
 
 def mix(a: BGR, b: BGR, t: float) -> BGR:
+    """``a`` blended towards ``b`` by ``t`` (0 = a, 1 = b)."""
     return tuple(round(x * (1 - t) + y * t) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
@@ -72,12 +75,14 @@ def put_vertical_text(
 
 
 def star_points(c: tuple[float, float], r: float, points: int = 5, inner: float = 0.45) -> np.ndarray:
+    """Vertices of a star centred on ``c`` (outer radius ``r``, inner ``r * inner``), for cv2.fillPoly."""
     ang = np.arange(points * 2) * math.pi / points - math.pi / 2
     rad = np.where(np.arange(points * 2) % 2 == 0, r, r * inner)
     return np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1).round().astype(np.int32)
 
 
 def leaf(img: np.ndarray, c: tuple[float, float], r: float, angle: float, col: BGR) -> None:
+    """A leaf (an ellipse with a midrib) centred on ``c``, ``r`` long, pointing along ``angle`` degrees."""
     cv2.ellipse(img, pt(*c), pt(r, r * 0.42), angle, 0, 360, col, -1, cv2.LINE_AA)
     dx, dy = math.cos(math.radians(angle)) * r * 0.9, math.sin(math.radians(angle)) * r * 0.9
     cv2.line(img, pt(c[0] - dx, c[1] - dy), pt(c[0] + dx, c[1] + dy), shade(col, 0.6), max(1, int(r / 10)), cv2.LINE_AA)

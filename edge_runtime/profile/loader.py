@@ -25,16 +25,6 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = [
-    "DEFAULT_PROFILE",
-    "PROFILES_ENV",
-    "PROFILE_SUFFIX",
-    "list_profiles",
-    "load_profile",
-    "merge_chain",
-    "profile_search_dirs",
-    "resolve_profile_path",
-]
 
 PROFILES_ENV = "EDGE_PROFILES_DIR"
 DEFAULT_PROFILE = "dev-cpu"

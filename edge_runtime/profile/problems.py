@@ -21,8 +21,6 @@ from pydantic import BaseModel, ValidationError
 from edge_runtime.errors import ProfileError
 from edge_runtime.profile.schema import EXTENDS_KEY, DeviceProfile
 
-__all__ = ["PROFILE_HINT", "Provenance", "display_names", "invalid_profile_error", "problem_lines"]
-
 PROFILE_HINT = (
     "compare with device_profiles/dev-cpu.toml (complete and commented); the schema is edge_runtime/profile/schema.py"
 )

@@ -25,28 +25,6 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = [
-    "EXTENDS_KEY",
-    "Backend",
-    "BackendName",
-    "Box",
-    "Camera",
-    "Device",
-    "DeviceProfile",
-    "HeadFit",
-    "Health",
-    "InputSize",
-    "Metrics",
-    "Mqtt",
-    "Outbox",
-    "Precision",
-    "Readiness",
-    "Regions",
-    "Routing",
-    "Sampler",
-    "Security",
-]
-
 # The one top-level key that is not a table of the schema: the parent profile, removed before validation.
 EXTENDS_KEY = "extends"
 

@@ -45,6 +45,12 @@ PASTA_PIECES = {"spaghetti": 26, "penne": 14, "fusilli": 14}
 JAR_STRENGTHS = range(6)  # "dots:N": N of the five roast-strength dots filled
 
 
+def _canvas(sku: DemoSku, h: int = _TH) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """An empty BGR image and alpha mask ``h`` tall and as wide as the design's aspect: (img, alpha, w, h)."""
+    w = int(h * sku.aspect)
+    return np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8), w, h
+
+
 def _box_side(img: np.ndarray, alpha: np.ndarray, sku: DemoSku, x0: int, x1: int, y0: int, y1: int) -> None:
     """Darker side panel next to the front face; the warp turns it into a visible 3D side."""
     side = shade(sku.body, 0.72)
@@ -122,10 +128,7 @@ def _carton(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _can(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = _TH
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku)
     ey = int(h * 0.045)
     top, bot = ey, h - ey - 1
     cv2.rectangle(img, (0, top), (w - 1, bot), sku.body, -1)
@@ -148,10 +151,7 @@ def _can(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bottle(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = _TH
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku)
     flip = sku.motif == "flip"
     cap_w = w * (0.62 if flip else 0.36)
     neck_w = w * (0.5 if flip else 0.3)
@@ -270,10 +270,7 @@ def _pasta_box(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bag(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = _TH
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku)
     crimp = h * 0.07
     teeth = 14
     top = [pt(w * k / (2 * teeth), (k % 2) * h * 0.012) for k in range(2 * teeth + 1)]
@@ -311,10 +308,7 @@ def _bag(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _jar(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = _TH
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku)
     glass = (25, 40, 60)  # coffee granules seen through the glass
     cv2.rectangle(img, pt(w * 0.12, h * 0.13), pt(w * 0.88, h * 0.2), shade(glass, 0.8), -1)
     cv2.rectangle(alpha, pt(w * 0.12, h * 0.13), pt(w * 0.88, h * 0.2), 255, -1)
@@ -342,10 +336,7 @@ def _jar(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tub(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = int(_TH * 0.8)
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku, int(_TH * 0.8))
     y_lid = h * 0.13
     body = np.array([pt(0, y_lid), pt(w - 1, y_lid), pt(w * 0.87, h * 0.96), pt(w * 0.13, h * 0.96)])
     cv2.fillPoly(img, [body], sku.body, cv2.LINE_AA)
@@ -380,10 +371,7 @@ def _tub(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tube(sku: DemoSku) -> tuple[np.ndarray, np.ndarray]:
-    h = int(_TH * 0.45)
-    w = int(h * sku.aspect)
-    img = np.zeros((h, w, 3), np.uint8)
-    alpha = np.zeros((h, w), np.uint8)
+    img, alpha, w, h = _canvas(sku, int(_TH * 0.45))
     x_seal, x_sh, x_cap = w * 0.07, w * 0.8, w * 0.86
     poly = np.array(
         [

@@ -478,3 +478,39 @@ def test_json_round_trip_keeps_hash(name):
     again = DeviceProfile.model_validate(profile.model_dump(mode="json"), strict=True)
     assert again.content_hash() == profile.content_hash()
     assert again.source_files == ()
+
+
+# --------------------------------------------------------------------------- the package and its report
+
+
+def test_a_chain_with_problems_reads_exactly_so(tmp_path):
+    # The whole report, byte for byte: the count, the hint, each line blamed on the file that set the key.
+    write(tmp_path, "base.toml", MINIMAL.replace("[backend]", "[backend]\nprecison = 1"))
+    child = write(tmp_path, "child.toml", 'extends = "base"\n[device]\nmemory_budget_mib = 8\n[mqttt]\nport = 1\n')
+    assert str(problems_of(child)) == (
+        "invalid device profile child.toml (3 problems) (fix: compare with device_profiles/dev-cpu.toml (complete"
+        " and commented); the schema is edge_runtime/profile/schema.py)\n"
+        "  - child.toml: device.memory_budget_mib: Input should be greater than or equal to 16\n"
+        "  - base.toml: backend.precison: unknown key (allowed: prefer, precisions, input_sizes, table_precisions,"
+        " max_latency_ms, threads, allow_fallback, embedding_output, calibration_images); did you mean 'precisions'?\n"
+        "  - child.toml: mqttt: unknown key (allowed: extends, device, backend, cameras, regions, sampler, mqtt,"
+        " outbox, metrics, routing, head, readiness, health, security); did you mean 'mqtt'?"
+    )
+
+
+def test_the_hint_names_the_schema_file_that_exists(tmp_path):
+    err = problems_of(write(tmp_path, "bad.toml", MINIMAL.replace("arch", "arc")))
+    schema = err.hint.rsplit("the schema is ", 1)[1]
+    assert (REPO_PROFILES.parent / schema).is_file()
+
+
+def test_the_package_keeps_the_names_other_modules_import():
+    import edge_runtime.profile as package
+
+    for name in (
+        *("Backend", "BackendName", "Camera", "DEFAULT_PROFILE", "Device", "DeviceProfile", "HeadFit", "Health"),
+        *("Metrics", "Mqtt", "Outbox", "PROFILES_ENV", "Precision", "Readiness", "Regions", "Routing", "Sampler"),
+        *("Security", "list_profiles", "load_profile", "profile_search_dirs", "resolve_profile_path", "merge_chain"),
+    ):
+        assert hasattr(package, name), name
+    assert set(package.__all__) <= set(dir(package))

@@ -13,11 +13,18 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.errors import EXIT_USAGE, EdgeError, UsageError
 
+if TYPE_CHECKING:
+    from edge_runtime.profile import Camera
+
 EXIT_INTERNAL = 70  # an unexpected bug; EDGE_DEBUG=1 shows the traceback
 EXIT_INTERRUPTED = 130
+DEMO_VIDEO_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -102,7 +109,10 @@ def build_main(argv: list[str] | None = None) -> int:
                     f"--engine-on-device needs TensorRT on this machine: {reason}",
                     hint="run edge-build on the device itself, or leave the engine to edge-run's first start",
                 )
-        from edge_runtime.builder.pipeline import BuildOptions, dumps_summary, run_build, summary_text
+        import json
+
+        from edge_runtime.builder.manifest import summary_text
+        from edge_runtime.builder.pipeline import BuildOptions, run_build
         from edge_runtime.bundle import load_signing_key
 
         if args.signing_key is not None:
@@ -137,10 +147,28 @@ def build_main(argv: list[str] | None = None) -> int:
                 f"TensorRT engine {engine} ({'cached' if seconds == 0 else f'built in {seconds:.1f} s'})",
                 file=sys.stderr,
             )
-        print(dumps_summary(result) if args.json else summary_text(result))
+        summary = result.summary()
+        print(json.dumps(summary, sort_keys=True) if args.json else summary_text(summary))
         return 0
 
     return _guarded("edge-build", body)
+
+
+def demo_source(state_dir: Path, camera: Camera) -> str:
+    """The generated demo video under the state dir (made once): what dev-cpu's empty camera source means to
+    edge-run (``RunOptions.fallback_source``)."""
+    # Imported here, so a device, whose cameras all have a source, never loads the generator.
+    from edge_runtime.demo import generate_demo_video
+
+    target = state_dir / "demo" / "demo-video.mp4"
+    for existing in (target, target.with_suffix(".avi")):
+        if existing.is_file() and existing.with_suffix(".labels.json").is_file():
+            return str(existing)
+    log.info("camera %r has no source: generating the demo video in %s", camera.name, target.parent)
+    video = generate_demo_video(
+        target, seconds=DEMO_VIDEO_SECONDS, fps=max(1, round(camera.fps)), size=(camera.width, camera.height)
+    )
+    return str(video)
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -209,6 +237,7 @@ def run_main(argv: list[str] | None = None) -> int:
                 realtime=args.realtime,
                 heartbeat_s=args.heartbeat,
                 public_key=args.public_key,
+                fallback_source=demo_source,
             )
         )
         print(dumps_summary(summary) if args.json else summary.text(), flush=True)
@@ -309,7 +338,7 @@ def check_main(argv: list[str] | None = None) -> int:
         import json
 
         from edge_runtime.builder.check import run_check
-        from edge_runtime.builder.report import summary_text
+        from edge_runtime.builder.readiness.report import summary_text
         from edge_runtime.errors import ReadinessError
 
         report = run_check(

@@ -17,7 +17,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 import onnx
@@ -223,7 +223,7 @@ def _read_legacy(file: IO[bytes]) -> dict[str, np.ndarray]:
     sys_info = _load_pickle(file)
     if not isinstance(sys_info, dict):
         raise ModelError("checkpoint system info is malformed")
-    byteorder = "<" if sys_info.get("little_endian", True) else ">"
+    byteorder: Literal["<", ">"] = "<" if sys_info.get("little_endian", True) else ">"
 
     unpickler = _RestrictedUnpickler(file)
     state = _load_pickle(file, unpickler)
@@ -311,7 +311,12 @@ class _GraphBuilder:
         w_name = self.const(f"{name}.weight", w * scale[:, None, None, None])
         b_name = self.const(f"{name}.bias", beta - mean * scale)
         pads, self.size = _same_pads(self.size, kernel, stride)
-        attrs = {"kernel_shape": [kernel, kernel], "strides": [stride, stride], "pads": pads, "group": groups}
+        attrs: dict[str, Any] = {
+            "kernel_shape": [kernel, kernel],
+            "strides": [stride, stride],
+            "pads": pads,
+            "group": groups,
+        }
         self.nodes.append(helper.make_node("Conv", [x, w_name, b_name], [name], name=name, dilations=[1, 1], **attrs))
         return name
 

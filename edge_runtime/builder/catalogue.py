@@ -52,7 +52,8 @@ def _from_tree(root: Path) -> Catalogue:
     clashes = sorted(code for code, n in codes.items() if n > 1)
     if clashes:
         raise CatalogueError(f"{root}: SKU folder names must be unique, repeated: {', '.join(clashes)}")
-    skus, items = [], []
+    skus: list[SkuInfo] = []
+    items: list[CatalogueItem] = []
     for leaf in sorted(by_leaf, key=lambda p: p.relative_to(root).as_posix()):
         group = leaf.parent.name if leaf.parent != root else ""
         skus.append(SkuInfo(code=leaf.name, name=_pretty(leaf.name), group=group))

@@ -136,7 +136,7 @@ def test_clipped_head_caps_only_the_head_part_of_the_multi_layer_embedding(expor
 
 def test_build_clips_at_the_percentile_of_catalogue_activations(exported_224: Path, tmp_path: Path) -> None:
     from edge_runtime.builder import catalogue as cat
-    from edge_runtime.builder.pipeline import clip_backbone
+    from edge_runtime.builder.embedding import clip_backbone
     from edge_runtime.demo import generate_demo_catalogue
 
     decoded = cat.decode_catalogue(

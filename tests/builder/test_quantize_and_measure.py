@@ -85,8 +85,12 @@ def test_footprint_measured_in_a_subprocess(tiny_model_path: Path) -> None:
 
 
 def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:
-    from edge_runtime.builder.footprint import FRAME_QUEUE_DEPTH, TENSOR_QUEUE_DEPTH, tensor_queue_bytes
-    from edge_runtime.builder.pipeline import regions_per_frame
+    from edge_runtime.builder.footprint import (
+        FRAME_QUEUE_DEPTH,
+        TENSOR_QUEUE_DEPTH,
+        regions_per_frame,
+        tensor_queue_bytes,
+    )
     from edge_runtime.profile import load_profile
     from edge_runtime.run import pipeline as run
 

@@ -17,7 +17,8 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from edge_runtime.builder.readiness import Check, ReadinessReport
+    from edge_runtime.builder.readiness.checks import Check
+    from edge_runtime.builder.readiness.run import ReadinessReport
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _plot_accuracy(check: Check, path: Path) -> Path:
     acc = 100 * np.asarray(check.data["accuracy"])
     fig = _figure()
     ax = fig.add_subplot()
-    ax.hist(acc, bins=np.linspace(0, 100, 21), color="#4c72b0")
+    ax.hist(acc, bins=np.linspace(0, 100, 21).tolist(), color="#4c72b0")
     if len(acc):
         ax.axvline(acc.mean(), color="#c44e52", ls="--", label=f"mean {acc.mean():.1f} %, std {check.value:.1f} pts")
         ax.legend(fontsize=8, loc="upper left")

@@ -43,8 +43,10 @@ from edge_runtime.features import head_input
 from edge_runtime.head.model import load_head
 from edge_runtime.preprocess import prepare_batch
 from edge_runtime.run.outbox import Outbox
-from edge_runtime.run.pipeline import FrameTiming, RunOptions, bundle_profile, open_backend, run
+from edge_runtime.run.pipeline import RunOptions, run
 from edge_runtime.run.regions import crop, make_region_finder
+from edge_runtime.run.stages import FrameTiming
+from edge_runtime.run.startup import bundle_profile, open_backend
 from edge_runtime.types import OutMessage
 
 HOST = "127.0.0.1"

@@ -2,10 +2,10 @@
 
 The frames go through ``run.pipeline.run`` itself, the code edge-run runs: the same backend selection, region
 finder, preprocessing, ``Head.decide``, JSON and JPEG crop encoding, in the same capture / inference / publish
-threads. Only the sink differs: without ``publish`` every message is built and serialised, then discarded, so
-a bench run neither needs a broker nor leaves anything in an outbox; with it, messages go through the durable
-outbox to the broker as in service (under a ``-bench`` device id, so the bench never takes the service's MQTT
-session or overwrites its retained status).
+threads. Only the sink differs: without ``publish`` every message is built and serialised, then discarded (the
+pipeline's ``NullPublisher``), so a bench run neither needs a broker nor leaves anything in an outbox; with it,
+messages go through the durable outbox to the broker as in service (under a ``-bench`` device id, so the bench
+never takes the service's MQTT session or overwrites its retained status).
 
 What is measured, and why this way:
 
@@ -49,8 +49,10 @@ from edge_runtime.errors import BenchLimitError, InputError, UsageError
 from edge_runtime.memory import RssPeakSampler, vm_hwm_bytes
 from edge_runtime.profile import load_profile
 from edge_runtime.run.metrics import STAGES
-from edge_runtime.run.pipeline import FrameTiming, RunOptions, RunSummary, bundle_profile, pick_camera, run
+from edge_runtime.run.pipeline import RunOptions, RunSummary, run
 from edge_runtime.run.sources import Source
+from edge_runtime.run.stages import FrameTiming
+from edge_runtime.run.startup import bundle_profile, pick_camera
 from edge_runtime.types import Frame
 
 __all__ = [
@@ -240,6 +242,8 @@ class SyntheticSource(Source):
         if self.closed:
             return None
         image = cv2.imdecode(self._jpegs[self.frames_read % len(self._jpegs)], cv2.IMREAD_COLOR)
+        if image is None:  # the child wrote what it encoded: only a damaged temporary file could do this
+            raise InputError(f"cannot decode synthetic frame {self.frames_read}")
         return self._emit(image)
 
     def describe(self) -> str:
@@ -255,7 +259,7 @@ def render_frames(target: str, width: str, height: str, distinct: str, seed: str
 
     w, h, n, s = int(width), int(height), int(distinct), int(seed)
     known, unknown = demo_skus(s), demo_unknown_skus(s)
-    frames = {}
+    frames: dict[str, Any] = {}
     for i in range(n):
         # One in four is a product the catalogue has never seen, as a cart camera meets them.
         sku = unknown[i % len(unknown)] if i % 4 == 3 else known[(i * 7) % len(known)]

@@ -1,8 +1,14 @@
-"""The Backend protocol and the registry that maps profile names to implementations."""
+"""The Backend protocol and the registry that maps profile names to implementations.
+
+Two kinds of model run on a backend: the embedding model (``Backend``: image batches in, embeddings out), and
+models whose outputs are used as they are, such as a region detector (``RawModel``: named inputs in, named
+outputs out). Both are opened by registry name, and callers walk the profile's ``backend.prefer`` list to choose
+(``first_available``, ``open_raw_model``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,9 +25,40 @@ class Backend(Protocol):
     input_size: int
     providers: tuple[str, ...]  # what actually runs, for logs and status messages
 
-    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings of a batch: ``batch`` is float32 ``[N, 3, S, S]``, RGB in 0..255 as ``prepare_batch``
+        makes it (S = ``input_size``); the result is float32 ``[N, D]``, one row per image, in batch order."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the model and its device memory; the backend is unusable afterwards."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input: its name and shape; a dimension that is not fixed is a name or None."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+
+
+class RawModel(Protocol):
+    """Runs a model as it is: named float inputs in, named outputs out (a region detector; not the embedder)."""
+
+    name: str  # registry name of what really runs, e.g. "onnxruntime-cpu"
+    providers: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]  # output names
+    metadata: Mapping[str, str]  # the model's own key/value metadata (ONNX metadata_props)
+
+    def run(self, outputs: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The named ``outputs`` for the input arrays in ``feeds`` (input name -> array), in that order."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; unusable afterwards."""
+        ...
 
 
 DEFAULT_MAX_BATCH = 16  # regions.max_regions' default: the largest batch a GPU engine is built for
@@ -41,6 +78,7 @@ class BackendOptions:
 
 
 Factory = Callable[[Path, BackendOptions], Backend]
+RawFactory = Callable[[Path, BackendOptions], RawModel]
 Probe = Callable[[], str | None]  # None when usable here, else the reason it is not
 
 
@@ -56,6 +94,16 @@ def _ort_factory(provider: str) -> Factory:
             plan=plan,
             allow_fallback=opts.allow_fallback,
         )
+
+    return make
+
+
+def _ort_raw_factory(provider: str) -> RawFactory:
+    def make(model: Path, opts: BackendOptions) -> RawModel:
+        from edge_runtime.backends.onnxruntime import OrtModel, provider_plan
+
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir)
+        return OrtModel(model, threads=opts.threads, plan=plan, allow_fallback=opts.allow_fallback)
 
     return make
 
@@ -94,6 +142,18 @@ REGISTRY: dict[str, tuple[Factory, Probe]] = {
     "onnxruntime-cuda": (_ort_factory("cuda"), _ort_probe("cuda")),
     "onnxruntime-tensorrt": (_ort_factory("tensorrt"), _ort_probe("tensorrt")),
     "tensorrt": (_tensorrt_factory, _tensorrt_probe),
+}
+
+# Backends that can run a RawModel, and why the others cannot (yet).
+RAW_REGISTRY: dict[str, RawFactory] = {
+    "onnxruntime-cpu": _ort_raw_factory("cpu"),
+    "onnxruntime-cuda": _ort_raw_factory("cuda"),
+    "onnxruntime-tensorrt": _ort_raw_factory("tensorrt"),
+}
+RAW_UNSUPPORTED: dict[str, str] = {
+    "tensorrt": "the native TensorRT backend runs only the embedding model; region detectors are not supported "
+    "on it yet (list an onnxruntime backend, e.g. onnxruntime-tensorrt, in backend.prefer, or set "
+    "backend.allow_fallback = true)",
 }
 
 LAST_RESORT = "onnxruntime-cpu"
@@ -206,3 +266,44 @@ def create_backend(
         allow_fallback=allow_fallback,
     )
     return REGISTRY[name][0](model, opts)
+
+
+def open_raw_model(
+    model: Path,
+    prefer: Sequence[str],
+    *,
+    allow_fallback: bool = False,
+    threads: int = 0,
+    budget_mib: float | None = None,
+    state_dir: Path | None = None,
+) -> RawModel:
+    """Open ``model`` (ONNX, run as it is, in fp32) on the first backend of ``prefer`` that exists here and can run
+    a raw model.
+
+    Without ``allow_fallback`` only the first preferred backend may run it: UsageError, naming the fix, when it
+    is not available here or cannot run raw models (the native TensorRT backend). With it, the first usable one
+    wins, and ``onnxruntime-cpu`` (always installed) is the last resort. ModelError when the file is not a model
+    the backend can load.
+    """
+    candidates = list(dict.fromkeys(prefer))
+    if allow_fallback and LAST_RESORT not in candidates:
+        candidates.append(LAST_RESORT)
+    reasons: dict[str, str] = {}
+    for name in candidates if allow_fallback else candidates[:1]:
+        reason = RAW_UNSUPPORTED.get(name) or unavailable_reason(name)
+        if reason is None and name not in RAW_REGISTRY:
+            reason = "no raw-model support"
+        if reason is None:
+            opts = BackendOptions(
+                threads=threads,
+                budget_mib=budget_mib,
+                state_dir=Path(state_dir) if state_dir is not None else None,
+                allow_fallback=allow_fallback,
+            )
+            return RAW_REGISTRY[name](Path(model), opts)
+        reasons[name] = reason
+    detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "backend.prefer lists none"
+    raise UsageError(
+        f"no backend here can run {Path(model).name} ({detail})",
+        hint="list a backend in backend.prefer that exists here and runs ONNX models through onnxruntime",
+    )

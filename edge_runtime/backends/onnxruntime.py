@@ -27,7 +27,7 @@ then edge_runtime with ``--no-deps`` (and its other dependencies by name), and c
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +35,7 @@ from types import MappingProxyType
 import numpy as np
 import onnxruntime as ort
 
+from edge_runtime.backends.base import TensorSpec
 from edge_runtime.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,39 @@ def open_session(
     return session
 
 
+class OrtModel:
+    """A ``RawModel`` on ONNX Runtime: any ONNX model run as it is (a region detector).
+
+    ``plan`` wins over ``provider``; without either the CPU runs. ``name`` is the registry name of what really
+    runs, as for ``OrtBackend``.
+    """
+
+    def __init__(
+        self,
+        model: Path,
+        *,
+        threads: int = 0,
+        provider: str = "cpu",
+        plan: ProviderPlan | None = None,
+        allow_fallback: bool = False,
+    ) -> None:
+        plan = plan or provider_plan(provider, None, None, None)
+        self.session = open_session(model, threads, plan, allow_fallback=allow_fallback)
+        self.providers = tuple(self.session.get_providers())
+        self.name = BACKEND_OF_PROVIDER.get(self.providers[0], plan.backend)
+        self.inputs = tuple(TensorSpec(i.name, tuple(i.shape)) for i in self.session.get_inputs())
+        self.outputs = tuple(o.name for o in self.session.get_outputs())
+        self.metadata: Mapping[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, outputs: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The named ``outputs`` for ``feeds`` (input name -> array), as numpy arrays in that order."""
+        return [np.asarray(out) for out in self.session.run(list(outputs), dict(feeds))]
+
+    def close(self) -> None:
+        """Drop the session (idempotent)."""
+        self.__dict__.pop("session", None)
+
+
 class OrtBackend:
     """Embeds preprocessed batches with an ONNX Runtime session.
 
@@ -275,11 +309,11 @@ class OrtBackend:
         provider: str = "cpu",
         plan: ProviderPlan | None = None,
         allow_fallback: bool = False,
-    ):
-        plan = plan or provider_plan(provider, None, None, None)
-        self.session = open_session(model, threads, plan, allow_fallback=allow_fallback)
-        self.providers = tuple(self.session.get_providers())
-        self.name = BACKEND_OF_PROVIDER.get(self.providers[0], plan.backend)
+    ) -> None:
+        raw = OrtModel(model, threads=threads, provider=provider, plan=plan, allow_fallback=allow_fallback)
+        self.session = raw.session
+        self.providers = raw.providers
+        self.name = raw.name
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"{model}: expected one image input, found {[i.name for i in inputs]}")
@@ -297,8 +331,11 @@ class OrtBackend:
         self.output_names = [embedding_output]
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings of ``batch`` (float32 ``[N, 3, S, S]``, RGB 0..255) as float32 ``[N, D]``, in one session
+        run; whatever trailing shape the embedding output has is flattened into D."""
         (out,) = self.session.run(self.output_names, {self.input_name: batch})
         return np.asarray(out, dtype=np.float32).reshape(out.shape[0], -1)
 
     def close(self) -> None:
+        """Drop the session (idempotent)."""
         self.__dict__.pop("session", None)

@@ -11,7 +11,8 @@ shows which prototypes attract the strange objects.
 
 Gauges that mirror another component (outbox depth and bytes, memory, MQTT connection) are refreshed by
 ``refresh()``, which the pipeline calls about once a second; counters that mirror another component's totals
-(outbox drops, publisher acks) are advanced by the difference since the last refresh.
+(outbox drops, publisher acks) are advanced by the difference since the last refresh. Feedback is counted where
+it is judged (``run.feedback``), through ``count_feedback`` and ``reject_feedback``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
 
 from edge_runtime.errors import UsageError
+from edge_runtime.run.feedback import REJECT_REASONS
 from edge_runtime.run.outbox import KINDS, OutboxStats
 
-__all__ = ["FEEDBACK_REJECT_REASONS", "OUTBOX_DROP_REASONS", "ROUTES", "STAGES", "RunMetrics", "sample_value"]
+__all__ = ["OUTBOX_DROP_REASONS", "ROUTES", "STAGES", "RunMetrics", "sample_value"]
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,6 @@ ROUTES: tuple[str, ...] = ("accept", "verify", "unknown")
 # frame; head: prototypes, calibration, OOD, routing; encode: JSON + JPEG; publish: durable outbox write.
 STAGES: tuple[str, ...] = ("capture", "regions", "preprocess", "inference", "head", "encode", "publish")
 OUTBOX_DROP_REASONS: tuple[str, ...] = ("full", "oversize", "ttl", "disk_full", "db_error", "rejected", "closed")
-# Reasons the pipeline itself rejects feedback for, plus the publisher's validation reasons.
-FEEDBACK_REJECT_REASONS: tuple[str, ...] = (
-    "unknown_event",
-    "unknown_sku",
-    "ambiguous_event",
-    "oversize",
-    "invalid_json",
-    "not_object",
-    "missing_field",
-    "wrong_schema",
-    "wrong_type",
-    "invalid_value",
-    "callback_error",
-)
 MESSAGE_TOPICS: tuple[str, ...] = ("results", "unknown", "verify", "heartbeat")
 # Per-stage latencies run from sub-millisecond (head) to a second (a large model on a small CPU).
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -74,7 +62,6 @@ class RunMetrics:
         self._process = psutil.Process(os.getpid())
         self._lock = threading.Lock()
         self._seen_outbox_drops: dict[tuple[str, str], int] = {}
-        self._seen_feedback_rejects: dict[str, int] = {}
         self._seen_acked = 0
         self._seen_source = (0, 0)  # source reconnects and read failures already counted
         self._seen_uplink = (0, 0.0)  # uplink bytes and budget wait already counted
@@ -172,7 +159,7 @@ class RunMetrics:
                 self.feedback.labels(sku=sku, outcome=outcome)
         for route in ROUTES:
             self.routes.labels(route=route)
-        for reason in FEEDBACK_REJECT_REASONS:
+        for reason in REJECT_REASONS:  # run.feedback counts every rejection, by these reasons
             self.feedback_rejected.labels(reason=reason)
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
@@ -217,7 +204,6 @@ class RunMetrics:
         *,
         acked: int | None = None,
         connected: bool | None = None,
-        feedback_rejected: Mapping[str, int] | None = None,
         source_reconnects: int | None = None,
         source_read_failures: int | None = None,
         frames_flowing: bool | None = None,
@@ -255,12 +241,6 @@ class RunMetrics:
                     self.uplink_wait.inc(waited - self._seen_uplink[1])
                 self._seen_uplink = (max(sent, self._seen_uplink[0]), max(waited, self._seen_uplink[1]))
                 self.uplink_throttled.set(1 if throttled else 0)
-            if feedback_rejected:
-                for reason, total in feedback_rejected.items():
-                    delta = total - self._seen_feedback_rejects.get(reason, 0)
-                    if delta > 0:
-                        self.feedback_rejected.labels(reason=reason).inc(delta)
-                    self._seen_feedback_rejects[reason] = total
             try:
                 rss = float(self._process.memory_info().rss)
             except psutil.Error:

@@ -16,10 +16,14 @@ not through the outbox: it describes the connection, so replaying an old one wou
 retained ``offline`` last will set before every connect with a fresh id, and a retained ``offline``
 published by ``close()``.
 
-Uplink cap: with ``uplink_bytes_per_s`` set, a token bucket (``TokenBucket``) holds the sender back
+Uplink cap: with ``uplink_bytes_per_s`` set, a token bucket (``run.uplink``) holds the sender back
 so that payload plus topic bytes stay at the cap on average. A held-back message simply stays in the
 durable outbox: the cap delays, it never drops. The sender waits on its condition variable, so
 ``close()``, a disconnect, an ack or a new message wakes it at once.
+
+Feedback: every message on ``{prefix}/{device}/feedback`` is handed, as bytes, to the callback given to
+``on_feedback()`` (``run.feedback`` validates, deduplicates and counts it). TLS, the credentials file and
+which CONNACK refusals are fatal live in ``run.mqtt_auth``.
 
 Threads: paho's network thread runs every callback; the sender thread publishes. Every callback
 catches its own exceptions: an exception escaping into paho would end its network thread.
@@ -27,18 +31,11 @@ catches its own exceptions: an exception escaping into paho would end its networ
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import ssl
-import stat
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,179 +44,25 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_runtime.errors import AuthError, UsageError
-from edge_runtime.run.outbox import DROP_REJECTED, Outbox
+from edge_runtime.errors import UsageError
+from edge_runtime.run.messages import FEEDBACK_TOPIC, TOPICS, encode_json, status_payload
+from edge_runtime.run.mqtt_auth import MqttAuthError, is_fatal_connack, read_credentials, tls_context
+from edge_runtime.run.outbox import DROP_REJECTED, Outbox, OutboxStats
+from edge_runtime.run.publisher import PublisherStats
+from edge_runtime.run.uplink import Uplink, uplink_cost
 from edge_runtime.types import MessageKind, OutMessage
 
 if TYPE_CHECKING:
     from edge_runtime.profile import DeviceProfile
 
-__all__ = [
-    "FEEDBACK_SCHEMA",
-    "MAX_FEEDBACK_BYTES",
-    "STATUS_SCHEMA",
-    "TOPICS",
-    "MqttAuthError",
-    "MqttPublisher",
-    "PublisherStats",
-    "TokenBucket",
-    "read_credentials",
-]
+__all__ = ["URGENT_KINDS", "MqttPublisher"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_SCHEMA: Final = "edge.status/1"
-FEEDBACK_SCHEMA: Final = "edge.feedback/1"
-MAX_FEEDBACK_BYTES: Final = 64 * 1024
-_MAX_FEEDBACK_FIELD: Final = 256  # event ids and SKU codes are short; a megabyte "sku" is an attack or a bug
-
-# Topic name -> outbox kind (what the byte cap drops first). unknown/verify carry a JPEG crop.
-TOPICS: Final[dict[str, MessageKind]] = {
-    "results": "result",
-    "unknown": "crop",
-    "verify": "crop",
-    "heartbeat": "heartbeat",
-    "status": "status",
-}
-FEEDBACK_TOPIC: Final = "feedback"
 # Sent ahead of older crops while the uplink cap holds messages back.
 URGENT_KINDS: Final[tuple[MessageKind, ...]] = ("status", "result", "heartbeat")
-
-# CONNACK refusals that retrying cannot fix (v3.1.1 names as paho 2 reports them, and their v5 siblings).
-_FATAL_CONNACK: Final = frozenset(
-    {
-        "Bad user name or password",
-        "Not authorized",
-        "Client identifier not valid",
-        "Bad authentication method",
-        "Banned",
-    }
-)
 _EXPIRE_EVERY_S: Final = 60.0
 _CONNECT_FAIL_LOG_INTERVAL_S: Final = 60.0
-_FEEDBACK_DEDUPE: Final = 4096  # recent feedback keys remembered to drop redeliveries
-# Burst of the uplink bucket, in seconds of the cap. One second lets a frame's results and a crop or two
-# go out together at the default 250 kB/s, yet never pushes more than about a second of link time into
-# the modem's buffer at once, where it would delay PUBACKs, PINGREQs and everything else on a cellular
-# link. The burst need not cover the largest message: the bucket lets a bigger one go when full and runs
-# into debt (see TokenBucket). Sizing it to the largest message the outbox accepts would not work: that
-# is the outbox's whole byte cap (64 MiB by default; the pipeline bounds crops by pixels, not bytes),
-# which would let a backlog out at line rate after every outage, exactly when the cap matters.
-_UPLINK_BURST_S: Final = 1.0
-
-
-class MqttAuthError(AuthError):
-    """The broker refused this client's credentials or identity: a startup error, not worth a restart loop."""
-
-
-@dataclass(frozen=True)
-class PublisherStats:
-    """Counters for metrics; all are totals since start except ``inflight`` and ``connected``."""
-
-    connected: bool
-    connects: int
-    disconnects: int
-    published: int  # PUBLISH calls for outbox messages (first sends)
-    acked: int  # PUBACKs for outbox messages
-    resent: int  # in-flight messages paho retransmitted after a reconnect
-    inflight: int
-    feedback_received: int
-    feedback_duplicates: int
-    feedback_rejected: dict[str, int]
-    send_rejected: int  # send() calls refused before the outbox (payload not JSON-serialisable)
-    # Uplink cap (defaults keep stand-in publishers that do not publish valid).
-    uplink_bytes_per_s: int | None = None  # the cap; None: unlimited
-    uplink_bytes: int = 0  # payload + topic bytes of outbox messages published, retransmits included
-    uplink_wait_s: float = 0.0  # total time a ready message waited for uplink budget (the wait in progress too)
-    uplink_waits: int = 0  # messages that had to wait for budget
-    uplink_throttled: bool = False  # a message is waiting for budget right now
-
-
-class TokenBucket:
-    """A byte budget refilled at ``rate`` bytes/s up to ``burst``; it starts full.
-
-    A message of ``n`` bytes may go once the bucket holds ``min(n, burst)``; sending takes all ``n``, which
-    may leave the bucket in debt. The debt is repaid before anything else goes, so the average stays at
-    ``rate`` however large a message is, and a message larger than the burst still goes out (when the
-    bucket is full) instead of waiting forever. Not thread-safe: the publisher guards it with its lock.
-    """
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
-        if not burst > 0:
-            raise ValueError(f"burst must be > 0 bytes, got {burst}")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self._clock = clock
-        self._tokens = self.burst
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        # max(): a clock that steps back must not drain the bucket.
-        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
-        self._at = now
-
-    @property
-    def tokens(self) -> float:
-        """Bytes available now; negative while in debt."""
-        self._refill()
-        return self._tokens
-
-    def wait_s(self, n: int) -> float:
-        """Seconds until ``n`` bytes may go; 0.0 when they may go now."""
-        self._refill()
-        missing = min(float(n), self.burst) - self._tokens
-        # Half a byte of slack: float rounding must not turn an exact wait into a second tiny one.
-        return 0.0 if missing <= 0.5 else missing / self.rate
-
-    def take(self, n: int) -> None:
-        """Spend ``n`` bytes (sent, or about to be): the bucket may go into debt."""
-        self._refill()
-        self._tokens -= n
-
-
-def _utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def read_credentials(path: Path) -> tuple[str, str]:
-    """(username, password) from ``username:password`` on one line, or username and password on two lines.
-
-    Raises UsageError naming the file, never its content.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        mode = Path(path).stat().st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"cannot read the MQTT credentials file {path}: {getattr(exc, 'strerror', None) or exc}",
-            hint="the file holds 'username:password' and must be readable by the service user",
-        ) from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("MQTT credentials file %s is accessible to other users; chmod 600 it", path)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) == 1 and ":" in lines[0]:
-        username, password = lines[0].split(":", 1)
-    elif len(lines) == 2:
-        username, password = lines
-    else:
-        raise UsageError(
-            f"MQTT credentials file {path} is not in a known format",
-            hint="write 'username:password' on one line, or the username and the password on two lines",
-        )
-    if not username:
-        raise UsageError(f"MQTT credentials file {path} has an empty username", hint="write 'username:password'")
-    return username, password
-
-
-def _check_readable(path: str, what: str) -> str:
-    if not os.access(path, os.R_OK) or not Path(path).is_file():
-        raise UsageError(
-            f"MQTT {what} {path} does not exist or is not readable", hint=f"fix mqtt.{what} in the profile"
-        )
-    return path
 
 
 class MqttPublisher:
@@ -278,11 +121,7 @@ class MqttPublisher:
         self._clock = clock
         self._status_fields = dict(status_fields or {})
         self.client_id = client_id or f"{prefix}-{device_id}"
-        self._uplink_cap = uplink_bytes_per_s
-        self._bucket: TokenBucket | None = None
-        if uplink_bytes_per_s is not None:
-            burst = uplink_burst_bytes or max(1, round(uplink_bytes_per_s * _UPLINK_BURST_S))
-            self._bucket = TokenBucket(uplink_bytes_per_s, burst)
+        self._uplink = Uplink(uplink_bytes_per_s, uplink_burst_bytes)  # guarded by self._lock
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -299,8 +138,7 @@ class MqttPublisher:
         self._started = False
         self._closed = False
         self._feedback_mid: int | None = None
-        self._feedback_cb: Callable[[dict[str, Any]], None] | None = None
-        self._feedback_seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._feedback_cb: Callable[[bytes], None] | None = None
         self._connect_fail_logged = float("-inf")
         self._connect_fails = 0
 
@@ -309,14 +147,7 @@ class MqttPublisher:
         self.published = 0
         self.acked = 0
         self.resent = 0
-        self.feedback_received = 0
-        self.feedback_duplicates = 0
-        self.feedback_rejected: dict[str, int] = {}
         self.send_rejected = 0
-        self.uplink_bytes = 0
-        self.uplink_wait_s = 0.0
-        self.uplink_waits = 0
-        self._uplink_wait_since: float | None = None  # monotonic start of the budget wait in progress
 
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -330,8 +161,14 @@ class MqttPublisher:
         self._client.suppress_exceptions = True
         # Above our own cap so paho never queues behind its limit (plus the status publishes).
         self._client.max_inflight_messages_set(max_inflight + 8)
-        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
-        self._configure_security(tls_ca_file, tls_cert_file, tls_key_file, credentials_file)
+        # paho annotates the delays as int, but it sleeps on them as given; tests need sub-second ones.
+        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
+        context = tls_context(tls_ca_file, tls_cert_file, tls_key_file)
+        if context is not None:
+            self._client.tls_set_context(context)
+            self._client.tls_insecure_set(False)  # the broker's host name is checked against its certificate
+        if credentials_file:
+            self._client.username_pw_set(*read_credentials(Path(credentials_file)))
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -373,27 +210,6 @@ class MqttPublisher:
             **kwargs,
         )
 
-    def _configure_security(
-        self, ca: str | None, cert: str | None, key: str | None, credentials_file: str | None
-    ) -> None:
-        if bool(cert) != bool(key):
-            raise UsageError("tls_cert_file and tls_key_file must be set together", hint="set both or neither")
-        if ca or cert:
-            try:
-                self._client.tls_set(
-                    ca_certs=_check_readable(ca, "tls_ca_file") if ca else None,
-                    certfile=_check_readable(cert, "tls_cert_file") if cert else None,
-                    keyfile=_check_readable(key, "tls_key_file") if key else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise UsageError(
-                    f"cannot use the MQTT TLS files: {exc}", hint="check tls_ca_file, tls_cert_file and tls_key_file"
-                ) from exc
-        if credentials_file:
-            username, password = read_credentials(Path(credentials_file))
-            self._client.username_pw_set(username, password)
-
     # ------------------------------------------------------------------ topics and sending
 
     def topic(self, name: str) -> str:
@@ -425,8 +241,7 @@ class MqttPublisher:
             msg_id = uuid.uuid4().hex
             body["id"] = msg_id
         try:
-            # allow_nan=False: NaN/Infinity are not JSON and would break consumers' parsers.
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+            data = encode_json(body)
         except (TypeError, ValueError) as exc:
             with self._lock:
                 self.send_rejected += 1
@@ -496,10 +311,6 @@ class MqttPublisher:
 
     def stats(self) -> PublisherStats:
         with self._lock:
-            waiting = self._uplink_wait_since is not None
-            wait_s = self.uplink_wait_s
-            if self._uplink_wait_since is not None:
-                wait_s += time.monotonic() - self._uplink_wait_since  # a counter must grow during a long wait too
             return PublisherStats(
                 connected=self._connected,
                 connects=self.connects,
@@ -508,19 +319,26 @@ class MqttPublisher:
                 acked=self.acked,
                 resent=self.resent,
                 inflight=len(self._inflight_ids),
-                feedback_received=self.feedback_received,
-                feedback_duplicates=self.feedback_duplicates,
-                feedback_rejected=dict(self.feedback_rejected),
                 send_rejected=self.send_rejected,
-                uplink_bytes_per_s=self._uplink_cap,
-                uplink_bytes=self.uplink_bytes,
-                uplink_wait_s=wait_s,
-                uplink_waits=self.uplink_waits,
-                uplink_throttled=waiting,
+                uplink_bytes_per_s=self._uplink.cap,
+                uplink_bytes=self._uplink.bytes_sent,
+                uplink_wait_s=self._uplink.wait_s(),
+                uplink_waits=self._uplink.waits,
+                uplink_throttled=self._uplink.waiting,
             )
 
-    def on_feedback(self, callback: Callable[[dict[str, Any]], None]) -> None:
-        """Call ``callback(feedback)`` for each valid feedback message (in paho's network thread: keep it quick)."""
+    def outbox_stats(self) -> OutboxStats:
+        """The outbox's depth, bytes and drops."""
+        return self._outbox.stats()
+
+    @property
+    def outbox_path(self) -> Path:
+        """The outbox's database file."""
+        return self._outbox.path
+
+    def on_feedback(self, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(payload)`` for each message on the feedback topic (in paho's network thread: keep it
+        quick, and validate it: ``run.feedback.FeedbackInbox.receive`` does both)."""
         self._feedback_cb = callback
 
     def flush(self, timeout_s: float) -> bool:
@@ -544,7 +362,7 @@ class MqttPublisher:
             return
         self._closed = True
         with self._cond:
-            throttled = self._uplink_wait_since is not None
+            throttled = self._uplink.waiting
             self._stopping = True
             self._cond.notify_all()  # ends a wait for uplink budget too
         if self._sender.is_alive():
@@ -572,7 +390,7 @@ class MqttPublisher:
             logger.warning(
                 "MQTT: the uplink cap (%d bytes/s) was holding messages back at shutdown; %d message(s) stay "
                 "in the outbox %s and are sent first at the next start",
-                self._uplink_cap,
+                self._uplink.cap,
                 left,
                 self._outbox.path,
             )
@@ -648,44 +466,34 @@ class MqttPublisher:
     def _can_send(self) -> bool:
         return self._connected and self._more_pending and len(self._inflight_ids) < self._max_inflight
 
-    @staticmethod
-    def _uplink_cost(msg: OutMessage) -> int:
-        # What the profile's cap counts: the bytes we choose to send. MQTT/TCP/TLS framing is a few
-        # dozen bytes per message, small next to a crop, and not ours to shape.
-        return len(msg.payload) + len(msg.topic.encode("utf-8"))
-
     def _await_uplink(self, msg: OutMessage, *, block: bool) -> tuple[bool, bool]:
         """(admitted, waited): whether the uplink budget lets ``msg`` go now, and whether it had to wait for it.
 
         Without ``block`` it never waits. Blocking, it waits until the budget allows, and gives up (not
         admitted) when stopping or when the connection is lost while waiting.
         """
-        if self._bucket is None:
+        if not self._uplink.limited:
             return True, False
-        cost = self._uplink_cost(msg)
+        cost = uplink_cost(msg)
         with self._cond:
             try:
                 while not self._stopping:
-                    wait = self._bucket.wait_s(cost)
+                    wait = self._uplink.wait_needed_s(cost)
                     if wait <= 0:
-                        return True, self._uplink_wait_since is not None
+                        return True, self._uplink.waiting
                     if not block or not self._connected:
                         return False, False
-                    if self._uplink_wait_since is None:
-                        self._uplink_wait_since = time.monotonic()
-                        self.uplink_waits += 1
+                    self._uplink.begin_wait()
                     # Not a spin: sleeps for the whole deficit unless close(), a disconnect, an ack or a
                     # send() wakes it, and each of those is an event, not a poll.
                     self._cond.wait(wait)
                 return False, False
             finally:
-                if self._uplink_wait_since is not None:
-                    self.uplink_wait_s += time.monotonic() - self._uplink_wait_since
-                    self._uplink_wait_since = None
+                self._uplink.end_wait()
 
     def _publish_one(self, msg: OutMessage) -> bool:
         """Publish one outbox message; False when paho did not take it (it is pending again)."""
-        cost = self._uplink_cost(msg)
+        cost = uplink_cost(msg)
         self._outbox.mark_inflight([msg.id])
         with self._lock:
             self._inflight_ids[msg.id] = cost
@@ -710,9 +518,7 @@ class MqttPublisher:
             return False
         with self._lock:
             self.published += 1
-            self.uplink_bytes += cost
-            if self._bucket is not None:
-                self._bucket.take(cost)
+            self._uplink.spend(cost)
         self._register(info.mid, msg.id)
         return True
 
@@ -743,13 +549,11 @@ class MqttPublisher:
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
-        # Caller fields (bundle id, version) first, so they can never overwrite the protocol fields.
-        body: dict[str, Any] = dict(self._status_fields)
-        body.update(schema=STATUS_SCHEMA, id=uuid.uuid4().hex, device_id=self._device_id, state=state, **extra)
-        if state == "online" or extra.get("reason") == "shutdown":
-            # Not in the will: the broker sends it later, so a time set now would be wrong.
-            body["ts"] = _utc_iso(self._clock())
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # Not in the will: the broker sends it later, so a time set now would be wrong.
+        timed = state == "online" or extra.get("reason") == "shutdown"
+        return status_payload(
+            self._status_fields, device_id=self._device_id, state=state, ts=self._clock() if timed else None, **extra
+        )
 
     def _arm_will(self) -> None:
         # A fresh id per connection: the broker fires a will once per lost connection, and consumers
@@ -781,7 +585,7 @@ class MqttPublisher:
         if reason_code.is_failure:
             name = str(reason_code)
             with self._lock:
-                fatal = name in _FATAL_CONNACK and not self._ever_connected
+                fatal = is_fatal_connack(reason_code) and not self._ever_connected
                 if fatal:
                     self._fatal_error = f"MQTT broker {self._host}:{self._port} refused client {self.client_id}: {name}"
             if fatal:
@@ -804,11 +608,8 @@ class MqttPublisher:
             if reconnect:
                 # paho retransmits these itself right after this callback (see the module docstring).
                 self.resent += len(self._inflight_ids)
-                resend_bytes = sum(self._inflight_ids.values())
-                self.uplink_bytes += resend_bytes
-                if self._bucket is not None:
-                    # Outside our control, but on the same link: new messages wait until it is paid for.
-                    self._bucket.take(resend_bytes)
+                # Outside our control, but on the same link: new messages wait until it is paid for.
+                self._uplink.spend(sum(self._inflight_ids.values()))
             self._more_pending = True
             self._cond.notify_all()
         logger.info("MQTT: connected to %s:%d (session present: %s)", self._host, self._port, flags.session_present)
@@ -914,61 +715,8 @@ class MqttPublisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if message.topic == self.topic(FEEDBACK_TOPIC):
-                self._handle_feedback(message.payload)
+            callback = self._feedback_cb
+            if message.topic == self.topic(FEEDBACK_TOPIC) and callback is not None:
+                callback(bytes(message.payload))
         except Exception:
             logger.exception("MQTT: error handling a message on %s", message.topic)
-
-    # ------------------------------------------------------------------ feedback
-
-    def _reject_feedback(self, reason: str, detail: str) -> None:
-        with self._lock:
-            self.feedback_rejected[reason] = self.feedback_rejected.get(reason, 0) + 1
-        logger.warning("MQTT: rejected feedback message (%s): %s", reason, detail)
-
-    def _handle_feedback(self, payload: bytes) -> None:
-        if len(payload) > MAX_FEEDBACK_BYTES:
-            self._reject_feedback("oversize", f"{len(payload)} bytes > {MAX_FEEDBACK_BYTES}")
-            return
-        try:
-            data = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            self._reject_feedback("invalid_json", str(exc)[:200])
-            return
-        if not isinstance(data, dict):
-            self._reject_feedback("not_object", f"top level is {type(data).__name__}")
-            return
-        missing = [k for k in ("schema", "event_id", "sku") if k not in data]
-        if missing:
-            self._reject_feedback("missing_field", f"missing {', '.join(missing)}")
-            return
-        if data["schema"] != FEEDBACK_SCHEMA:
-            self._reject_feedback("wrong_schema", f"schema {str(data['schema'])[:64]!r}, expected {FEEDBACK_SCHEMA!r}")
-            return
-        for key in ("event_id", "sku"):
-            value = data[key]
-            if not isinstance(value, str):
-                self._reject_feedback("wrong_type", f"{key} is {type(value).__name__}, expected a string")
-                return
-            if not value or len(value) > _MAX_FEEDBACK_FIELD:
-                self._reject_feedback("invalid_value", f"{key} is empty or longer than {_MAX_FEEDBACK_FIELD} chars")
-                return
-        # QoS 1 redelivers after a reconnect; counting one review twice would skew per-class accuracy.
-        key = (data["id"],) if isinstance(data.get("id"), str) else (data["event_id"], data["sku"])
-        with self._lock:
-            if key in self._feedback_seen:
-                self.feedback_duplicates += 1
-                return
-            self._feedback_seen[key] = None
-            if len(self._feedback_seen) > _FEEDBACK_DEDUPE:
-                self._feedback_seen.popitem(last=False)
-            self.feedback_received += 1
-        callback = self._feedback_cb
-        if callback is None:
-            return
-        try:
-            callback(data)
-        except Exception:
-            with self._lock:
-                self.feedback_rejected["callback_error"] = self.feedback_rejected.get("callback_error", 0) + 1
-            logger.exception("MQTT: feedback callback failed for event %s", data["event_id"])

@@ -30,7 +30,7 @@ from typing import Literal, Protocol, cast, runtime_checkable
 import cv2
 import numpy as np
 
-from edge_runtime.backends.onnxruntime import open_session
+from edge_runtime.backends.base import LAST_RESORT, open_raw_model
 from edge_runtime.errors import ModelError
 from edge_runtime.profile import Regions
 from edge_runtime.types import Region
@@ -59,7 +59,9 @@ BoxFormat = Literal["pixels", "normalized"]
 
 @runtime_checkable
 class RegionFinder(Protocol):
-    def find(self, image: np.ndarray) -> list[Region]: ...
+    def find(self, image: np.ndarray) -> list[Region]:
+        """The regions of a BGR frame to classify, in source pixels."""
+        ...
 
 
 def _clip_xyxy(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> tuple[int, int, int, int]:
@@ -155,7 +157,8 @@ def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class DetectorRegions:
-    """Regions from an ONNX detector run on the CPU through onnxruntime (contract in the module doc)."""
+    """Regions from an ONNX detector (contract in the module doc), run on the first backend of ``prefer`` that can
+    run it as it is (``backends.base.open_raw_model``; the default is onnxruntime on the CPU)."""
 
     def __init__(
         self,
@@ -168,8 +171,12 @@ class DetectorRegions:
         box_format: BoxFormat | None = None,
         nms_iou: float = 0.5,
         threads: int = 0,
+        prefer: Sequence[str] = (LAST_RESORT,),
+        allow_fallback: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
-        """``input_size`` is one side or ``(width, height)``; ``threads`` = intra-op threads, 0 = all cores."""
+        """``input_size`` is one side or ``(width, height)``; ``threads`` = intra-op threads, 0 = all cores;
+        ``prefer``, ``allow_fallback`` and ``state_dir`` (engine caches) as the profile's ``[backend]``."""
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(
@@ -182,11 +189,11 @@ class DetectorRegions:
         self.score_threshold = float(score_threshold)
         self.max_regions = int(max_regions)
         self.nms_iou = float(nms_iou)
-        self.session = open_session(path, threads, "cpu")
+        self.model = open_raw_model(path, prefer, allow_fallback=allow_fallback, threads=threads, state_dir=state_dir)
 
-        inputs = self.session.get_inputs()
+        inputs = self.model.inputs
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
-            shapes = {i.name: i.shape for i in inputs}
+            shapes = {i.name: list(i.shape) for i in inputs}
             raise ModelError(f"{path}: a region detector takes one [1,3,H,W] image input, found {shapes}")
         self.input_name = inputs[0].name
         model_h, model_w = inputs[0].shape[2], inputs[0].shape[3]
@@ -203,7 +210,7 @@ class DetectorRegions:
             )
         self.input_size: tuple[int, int] = size  # (width, height)
 
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = list(self.model.outputs)
         missing = [name for name in (BOXES_OUTPUT, SCORES_OUTPUT) if name not in outputs]
         if missing:
             raise ModelError(
@@ -212,7 +219,7 @@ class DetectorRegions:
                 hint="rename the outputs when exporting, or wrap the model (see edge_runtime/run/regions.py)",
             )
 
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = self.model.metadata
         if input_range is None:
             input_range = float(meta.get(META_INPUT_RANGE, "255"))
         if box_format is None:
@@ -242,9 +249,7 @@ class DetectorRegions:
 
     def find(self, image: np.ndarray) -> list[Region]:
         height, width = (int(v) for v in image.shape[:2])
-        raw_boxes, raw_scores = self.session.run(
-            [BOXES_OUTPUT, SCORES_OUTPUT], {self.input_name: self.preprocess(image)}
-        )
+        raw_boxes, raw_scores = self.model.run([BOXES_OUTPUT, SCORES_OUTPUT], {self.input_name: self.preprocess(image)})
         boxes = np.asarray(raw_boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(raw_scores, dtype=np.float64).reshape(-1)
         if boxes.shape[0] != scores.shape[0]:
@@ -274,7 +279,7 @@ class DetectorRegions:
         )
         regions: list[Region] = []
         for i in nms(xyxy, scores, self.nms_iou):
-            x1, y1, x2, y2 = _clip_xyxy(*xyxy[i], width, height)
+            x1, y1, x2, y2 = _clip_xyxy(xyxy[i, 0], xyxy[i, 1], xyxy[i, 2], xyxy[i, 3], width, height)
             if x2 > x1 and y2 > y1:  # boxes entirely outside the frame clip to nothing
                 regions.append(Region(box=(x1, y1, x2 - x1, y2 - y1), detector_score=float(scores[i])))
                 if len(regions) == self.max_regions:
@@ -282,8 +287,19 @@ class DetectorRegions:
         return regions
 
 
-def make_region_finder(section: Regions, base_dir: Path, *, threads: int = 0) -> RegionFinder:
-    """The finder the profile's ``[regions]`` asks for; ``detector_model`` is relative to ``base_dir``."""
+def make_region_finder(
+    section: Regions,
+    base_dir: Path,
+    *,
+    threads: int = 0,
+    prefer: Sequence[str] = (LAST_RESORT,),
+    allow_fallback: bool = False,
+    state_dir: Path | None = None,
+) -> RegionFinder:
+    """The finder the profile's ``[regions]`` asks for; ``detector_model`` is relative to ``base_dir``.
+
+    A detector runs on the first backend of ``prefer`` (the profile's ``backend.prefer``) that can run it.
+    """
     if section.mode == "full":
         return FullFrame()
     if section.mode == "fixed":
@@ -301,4 +317,12 @@ def make_region_finder(section: Regions, base_dir: Path, *, threads: int = 0) ->
     model = Path(section.detector_model).expanduser()
     if not model.is_absolute():
         model = Path(base_dir) / model
-    return DetectorRegions(model, section.detector_score, section.max_regions, threads=threads)
+    return DetectorRegions(
+        model,
+        section.detector_score,
+        section.max_regions,
+        threads=threads,
+        prefer=prefer,
+        allow_fallback=allow_fallback,
+        state_dir=state_dir,
+    )

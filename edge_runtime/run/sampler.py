@@ -114,7 +114,7 @@ class AdaptiveSampler:
         diff = np.abs(thumb - self._reference)
         if diff.ndim == 3:
             diff = diff.max(axis=2)
-        return float(np.count_nonzero(diff > self.pixel_delta)) / diff.size
+        return float(np.count_nonzero(diff > self.pixel_delta) / diff.size)
 
     def should_process(self, frame: Frame | np.ndarray, now: float | None = None) -> bool:
         if not self.enabled:

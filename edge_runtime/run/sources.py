@@ -99,7 +99,7 @@ def redact_uri(uri: str) -> str:
 def gstreamer_available() -> bool:
     """Whether this OpenCV build can open GStreamer pipelines (pip wheels cannot; the Jetson build can)."""
     match = re.search(r"^\s*GStreamer:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
-    return bool(match) and match.group(1).upper() == "YES"
+    return match is not None and match.group(1).upper() == "YES"
 
 
 def _fps_fraction(fps: float) -> str:

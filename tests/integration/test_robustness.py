@@ -36,9 +36,8 @@ from build_scripts.make_signing_key import write_key_pair
 from edge_runtime.bundle import HEAD, MANIFEST, MODEL, PROFILE, PROTOTYPES, SIGNATURE
 from edge_runtime.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE
 from edge_runtime.features import COLOUR_BINS
+from edge_runtime.run.feedback import MAX_FEEDBACK_BYTES, event_id_for_region
 from edge_runtime.run.metrics import sample_value
-from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES
-from edge_runtime.run.pipeline import event_id_for_region
 from tests import broker
 from tests.broker import Collector, Mosquitto, free_port
 from tests.faultkit import REPO, Assets, build_assets, edge_cmd, make_video, rebundle

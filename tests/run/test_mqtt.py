@@ -20,8 +20,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.errors import EXIT_AUTH, UsageError
 from edge_runtime.profile import load_profile
-from edge_runtime.run.mqtt import MAX_FEEDBACK_BYTES, MqttAuthError, MqttPublisher, TokenBucket, read_credentials
+from edge_runtime.run.feedback import MAX_FEEDBACK_BYTES, FeedbackInbox
+from edge_runtime.run.mqtt import MqttPublisher
+from edge_runtime.run.mqtt_auth import MqttAuthError
 from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
+from edge_runtime.run.startup import instance_device_id
 from tests import broker
 from tests.broker import Collector, Mosquitto, make_tls_files
 
@@ -236,7 +239,9 @@ def test_feedback_is_validated_counted_and_delivered(
             raise RuntimeError("a broken callback must not take the network thread down")
         received.append(feedback)
 
-    publisher.on_feedback(on_feedback)
+    # What edge-run wires: the publisher hands every payload over, the inbox validates, dedupes and counts.
+    inbox = FeedbackInbox(on_feedback)
+    publisher.on_feedback(inbox.receive)
     publisher.start()
     assert publisher.wait_connected(10)
 
@@ -278,18 +283,16 @@ def test_feedback_is_validated_counted_and_delivered(
     }
     deadline = time.monotonic() + 10
     # evt-6 arrives after the last rejected message: wait for both, not just the counters.
-    while time.monotonic() < deadline and (
-        publisher.stats().feedback_rejected != expected_rejected or len(received) < 2
-    ):
+    while time.monotonic() < deadline and (inbox.stats().rejected != expected_rejected or len(received) < 2):
         time.sleep(0.02)
-    stats = publisher.stats()
-    assert stats.feedback_rejected == expected_rejected
+    stats = inbox.stats()
+    assert stats.rejected == expected_rejected
     assert [(f["event_id"], f["sku"]) for f in received] == [
         ("evt-1", "arla-standard-milk"),
         ("evt-6", "oatly-oat-milk"),
     ]
-    assert stats.feedback_duplicates == 1
-    assert stats.feedback_received == 3  # evt-1, evt-5 (its callback failed), evt-6
+    assert stats.duplicates == 1
+    assert stats.received == 3  # evt-1, evt-5 (its callback failed), evt-6
     assert publisher.connected  # the network thread survived all of it
 
 
@@ -324,22 +327,6 @@ def test_refused_credentials_are_fatal_not_retried(
     assert ok.fatal_error is None
 
 
-def test_read_credentials_formats_and_errors(tmp_path: Path) -> None:
-    one = tmp_path / "one"
-    one.write_text("user:pa:ss\n")
-    assert read_credentials(one) == ("user", "pa:ss")
-    two = tmp_path / "two"
-    two.write_text("user\npass word\n")
-    assert read_credentials(two) == ("user", "pass word")
-    bad = tmp_path / "bad"
-    bad.write_text("just-a-token\n")
-    with pytest.raises(UsageError, match="not in a known format") as info:
-        read_credentials(bad)
-    assert "just-a-token" not in str(info.value)
-    with pytest.raises(UsageError, match="cannot read"):
-        read_credentials(tmp_path / "missing")
-
-
 def test_tls_with_a_private_ca(
     mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], tmp_path: Path
 ) -> None:
@@ -359,50 +346,6 @@ def test_tls_with_a_private_ca(
 
 
 # ---------------------------------------------------------------------------- uplink cap
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_token_bucket_paces_bursts_and_lets_big_messages_through_in_debt() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate=1000, burst=500, clock=clock)
-    assert bucket.wait_s(500) == 0.0  # starts full: one burst goes at once
-    bucket.take(400)
-    assert bucket.wait_s(100) == 0.0
-    assert bucket.wait_s(300) == pytest.approx(0.2)  # 100 in the bucket, 200 more at 1000 B/s
-    clock.now += 0.2
-    assert bucket.wait_s(300) == 0.0
-    bucket.take(300)
-    clock.now += 10.0
-    assert bucket.tokens == 500  # refill stops at the burst: idle time does not bank bandwidth
-
-    # Larger than the burst: it goes when the bucket is full, and its debt holds back what follows.
-    assert bucket.wait_s(2500) == 0.0
-    bucket.take(2500)
-    assert bucket.tokens == -2000
-    assert bucket.wait_s(100) == pytest.approx(2.1)
-    clock.now += 2.1
-    assert bucket.wait_s(100) == 0.0
-
-    # Over a long run the average is the rate: 1000 messages of 50 B need 50 s at 1000 B/s, minus the burst.
-    clock.now += 10.0
-    start, sent = clock.now, 0
-    for _ in range(1000):
-        clock.now += bucket.wait_s(50)
-        bucket.take(50)
-        sent += 50
-    assert clock.now - start == pytest.approx((sent - 500) / 1000, abs=1e-6)
-
-    clock.now -= 5.0  # a clock stepping back neither drains nor fills the bucket
-    assert bucket.tokens == pytest.approx(0, abs=1e-6)
-    with pytest.raises(ValueError):
-        TokenBucket(rate=0, burst=1)
 
 
 def crop_message(i: int, size: int) -> dict[str, Any]:
@@ -522,9 +465,6 @@ def test_from_profile_passes_the_uplink_cap(outbox: Outbox) -> None:
 
 
 def test_each_camera_of_a_multi_camera_profile_is_its_own_mqtt_client(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    from edge_runtime.profile import load_profile
-    from edge_runtime.run.pipeline import instance_device_id
-
     cart = load_profile("cart-v2")  # two cameras: systemd runs one edge-run per camera
     ids = [instance_device_id(cart, camera) for camera in cart.cameras]
     assert ids == [f"{cart.mqtt_device_id}-{camera.name}" for camera in cart.cameras]

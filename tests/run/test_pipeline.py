@@ -29,18 +29,11 @@ from edge_runtime.cli import build_main, run_main
 from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
 from edge_runtime.run.metrics import sample_value
-from edge_runtime.run.pipeline import (
-    MONO_CHECK_FRAMES,
-    PUBLISH_QUEUE,
-    TENSOR_QUEUE,
-    FrameTiming,
-    RunOptions,
-    RunSummary,
-    StageQueue,
-    event_id_for_region,
-    run,
-)
+from edge_runtime.run.feedback import event_id_for_region
+from edge_runtime.run.pipeline import RunOptions, RunSummary, run
+from edge_runtime.run.queues import PUBLISH_QUEUE, TENSOR_QUEUE, StageQueue
 from edge_runtime.run.sources import Source, VideoFileSource
+from edge_runtime.run.stages import MONO_CHECK_FRAMES, FrameTiming
 from edge_runtime.types import Frame
 from tests import broker
 from tests.broker import Collector, Mosquitto, free_port
@@ -357,13 +350,13 @@ def test_monochrome_camera_with_a_colour_head_is_warned_once(
     for i in range(MONO_CHECK_FRAMES + 5):
         grey = cv2.cvtColor(cv2.imread(str(shots[i % len(shots)])), cv2.COLOR_BGR2GRAY)
         cv2.imwrite(str(folder / f"mono_{i:03d}.jpg"), grey)
-    with caplog.at_level("WARNING", logger="edge_runtime.run.pipeline"):
+    with caplog.at_level("WARNING", logger="edge_runtime.run.stages"):
         summary = run(options(assets, tmp_path, None, source=str(folder), publish=False))
     assert summary.frames_processed == MONO_CHECK_FRAMES + 5 and summary.frame_errors == 0
     warnings = [r.getMessage() for r in caplog.records if "monochrome" in r.getMessage()]
     assert len(warnings) == 1 and 'colour = "off"' in warnings[0]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="edge_runtime.run.pipeline"):
+    with caplog.at_level("WARNING", logger="edge_runtime.run.stages"):
         run(options(assets, tmp_path / "colour", None, source=str(assets["folder"]), publish=False))
     assert "monochrome" not in caplog.text
 

@@ -1,0 +1,199 @@
+"""Choose the fine-tuning recipe on held-out SKUs of the catalogue (grocery/train), never on val.
+
+    python benchmarks/finetune_folds.py [--folds 3] [--epochs 12] [--first-stage 5] [--views 4] ...
+
+Each fold holds out 8 SKUs (10 %, as the independent check does) as new products, and one cluster of
+look-alike photos of every other SKU as unseen known photos (``head.fit.cluster_folds``: photos come in
+near-duplicate runs, and a random split would put a sibling of every test photo in training). The backbone is
+fine-tuned on what is left; the frozen backbone is scored on the same split. Reported per fold and on average:
+
+- top-1 on the unseen known photos: the head's way (shrinkage LDA on the multi-layer embedding + colour,
+  nearest class mean) and, for the fine-tuned model, its own classifier (softmax);
+- new-product detection at 95 % known retention and AUROC for several scores (max cosine in the head's space,
+  max softmax, max logit, energy, and fusions of a cosine and a logit score, each standardised on the
+  training photos' scores).
+
+Needs ``../shared/data/grocery`` and the ``[train]`` extra. The early stages of every view are computed once and
+cached under ``.cache/finetune-folds`` (about 600 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edge_runtime.builder import catalogue as cat
+from edge_runtime.builder.backbone import read_legacy_checkpoint, default_checkpoint_path, build_efficientnet_lite0
+from edge_runtime.builder.train.augment import Augment
+from edge_runtime.builder.train.finetune import finetune, forward_rows
+from edge_runtime.builder.train.model import from_state_dict
+from edge_runtime.builder.train.recipe import Recipe
+from edge_runtime.builder.train.views import ViewCache, build_view_cache
+from edge_runtime.features import COLOUR_WEIGHT, colour_descriptor, compose
+from edge_runtime.head.calibration import softmax
+from edge_runtime.head.fit import cluster_folds
+from edge_runtime.head.ood import auroc, detection_at_keep
+from edge_runtime.head.projection import fit_lda
+from edge_runtime.head.prototypes import class_centroids, l2_normalise
+
+REPO = Path(__file__).resolve().parents[1]
+GROCERY = REPO.parent / "shared" / "data" / "grocery"
+CACHE = REPO / ".cache" / "finetune-folds"
+HELD_OUT_SKUS = 8
+KEEP = 0.95
+SHRINKAGE = 0.2
+
+log = logging.getLogger("finetune_folds")
+
+
+def load_cache(decoded: cat.DecodedCatalogue, backbone: onnx.ModelProto, stage: int, views: int) -> ViewCache:
+    key = CACHE / f"stage{stage}-views{views}"
+    if (key / "features.npy").is_file():
+        arrays = {k: np.load(key / f"{k}.npy", mmap_mode="r" if k == "features" else None) for k in
+                  ("features", "labels", "source", "view")}  # fmt: skip
+        return ViewCache(**arrays)
+    paths = [item.image for item in decoded.catalogue.items]
+    cache = build_view_cache(backbone, stage, paths, decoded.pixels[224], decoded.labels, views, 224, Augment(), 0)
+    key.mkdir(parents=True, exist_ok=True)
+    for k in ("features", "labels", "source", "view"):
+        np.save(key / f"{k}.npy", getattr(cache, k))
+    return cache
+
+
+def scores_head(train_x: np.ndarray, train_y: np.ndarray, xs: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Cosine to class means in the shrinkage-LDA space, for each of ``xs``."""
+    proj = fit_lda(train_x, train_y, SHRINKAGE)
+    cents = class_centroids(proj.apply(train_x), train_y, n)
+    return [proj.apply(x) @ cents.T for x in xs]
+
+
+def ood_table(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name in known:
+        rate, _ = detection_at_keep(known[name], unknown[name], KEEP)
+        out[name] = {"detection": rate, "auroc": auroc(known[name], unknown[name])}
+    return out
+
+
+def logit_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Higher = stranger."""
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    return {"msp": -softmax(logits).max(1), "max_logit": -logits.max(1), "energy": -lse}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--first-fold", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--first-stage", type=int, default=5)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--batch-norm", choices=["frozen", "train"], default="frozen")
+    p.add_argument("--head-lr-scale", type=float, default=1.0)
+    p.add_argument("--out", type=Path, default=None, help="append one JSON line per fold here")
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(2)
+    if not GROCERY.is_dir():
+        print(f"no grocery data at {GROCERY}", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    decoded = cat.decode_catalogue(cat.load_catalogue(GROCERY / "train"), [224])
+    state = read_legacy_checkpoint(default_checkpoint_path())
+    backbone = build_efficientnet_lite0(state, 224)
+    cache = load_cache(decoded, backbone, args.first_stage - 1, args.views)
+    labels = decoded.labels.astype(np.int64)
+    n_sku = int(labels.max()) + 1
+    colour_plain = colour_descriptor(decoded.pixels[224].astype(np.float32))
+    log.info("data ready in %.0f s", time.perf_counter() - t0)
+
+    frozen = from_state_dict(state)
+    frozen_out = forward_rows(frozen, cache, np.arange(len(cache.source)), args.first_stage, torch.device("cpu"))
+    fold_of = cluster_folds(frozen_out["embedding_multi"][cache.view == 0][np.argsort(cache.source[cache.view == 0])],
+                            labels, 4, 0)  # fmt: skip
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n_sku)
+    recipe = Recipe(
+        first_trained_stage=args.first_stage, views=args.views, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
+        batch_norm=args.batch_norm, head_lr_scale=args.head_lr_scale,
+    )  # fmt: skip
+    # Colour for every cached row: the evaluation crop's own colour for view 0; random views carry their
+    # source photo's colour (close enough for ranking recipes; the build computes it per view).
+    colour_rows = colour_plain[cache.source]
+    for f in range(args.first_fold, args.first_fold + args.folds):
+        held = np.sort(order[f * HELD_OUT_SKUS : (f + 1) * HELD_OUT_SKUS])
+        is_new = np.isin(labels, held)
+        known_test = ~is_new & (fold_of == f % 4)
+        train_imgs = np.flatnonzero(~is_new & ~known_test)
+        known_classes = np.setdiff1d(np.arange(n_sku), held)
+        remap = np.full(n_sku, -1)
+        remap[known_classes] = np.arange(len(known_classes))
+        rows_train = cache.rows(train_imgs)
+        rows_known = cache.rows(np.flatnonzero(known_test), plain=True)
+        rows_new = cache.rows(np.flatnonzero(is_new), plain=True)
+        y_train, y_known = remap[cache.labels[rows_train]], remap[cache.labels[rows_known]]
+        result: dict[str, object] = {"fold": f, "held_out": held.tolist(), "tag": args.tag, "recipe": recipe.as_dict()}
+
+        def evaluate(out: dict[str, np.ndarray], name: str) -> None:
+            x = compose(out["embedding_multi"], colour_rows, COLOUR_WEIGHT)
+            ck, cu, ct = scores_head(x[rows_train], y_train, [x[rows_known], x[rows_new], x[rows_train]],
+                                     len(known_classes))  # fmt: skip
+            top1 = float((ck.argmax(1) == y_known).mean())
+            known = {"max_cosine": -ck.max(1)}
+            unknown = {"max_cosine": -cu.max(1)}
+            train_s = {"max_cosine": -ct.max(1)}
+            if "logits" in out and out["logits"].shape[1] == len(known_classes):
+                lk, lu, lt = out["logits"][rows_known], out["logits"][rows_new], out["logits"][rows_train]
+                result[f"{name}_softmax_top1"] = float((lk.argmax(1) == y_known).mean())
+                for k, v in logit_scores(lk).items():
+                    known[k] = v
+                for k, v in logit_scores(lu).items():
+                    unknown[k] = v
+                for k, v in logit_scores(lt).items():
+                    train_s[k] = v
+                for a in ("msp", "max_logit", "energy"):
+                    mu_c, sd_c = train_s["max_cosine"].mean(), train_s["max_cosine"].std() + 1e-9
+                    mu_l, sd_l = train_s[a].mean(), train_s[a].std() + 1e-9
+                    known[f"cos+{a}"] = (known["max_cosine"] - mu_c) / sd_c + (known[a] - mu_l) / sd_l
+                    unknown[f"cos+{a}"] = (unknown["max_cosine"] - mu_c) / sd_c + (unknown[a] - mu_l) / sd_l
+            result[f"{name}_head_top1"] = top1
+            result[f"{name}_ood"] = ood_table(known, unknown)
+
+        evaluate(frozen_out, "frozen")
+        model = from_state_dict(state, n_classes=len(known_classes))
+        sub = ViewCache(cache.features, remap[cache.labels], cache.source, cache.view)
+        log_ = finetune(model, sub, train_imgs, len(known_classes), recipe, heldout_images=np.flatnonzero(known_test))
+        result["train_log"] = log_.as_dict()
+        tuned = forward_rows(model, cache, np.arange(len(cache.source)), args.first_stage, torch.device("cpu"))
+        evaluate(tuned, "tuned")
+        line = json.dumps(result, default=float)
+        print(line, flush=True)
+        if args.out:
+            with args.out.open("a") as fh:
+                fh.write(line + "\n")
+        brief = {k: v for k, v in result.items() if k.endswith("top1")}
+        log.info("fold %d: %s", f, brief)
+        for name in ("frozen_ood", "tuned_ood"):
+            table = result[name]
+            assert isinstance(table, dict)
+            log.info("  %s: %s", name, {k: round(v["detection"], 3) for k, v in table.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

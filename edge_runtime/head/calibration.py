@@ -12,7 +12,7 @@ ECE_BINS = 15
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 def nll(cos: np.ndarray, labels: np.ndarray, temperature: float) -> float:

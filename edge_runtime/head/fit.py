@@ -226,7 +226,7 @@ def _choose_dim(
 
 
 def _cos(feats: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    return feats @ centroids.T
+    return np.asarray(feats @ centroids.T)
 
 
 def fit_head(
@@ -236,7 +236,7 @@ def fit_head(
     s: FitSettings,
     augmented: np.ndarray | None = None,
     aug_source: np.ndarray | None = None,
-) -> tuple[Head, dict]:
+) -> tuple[Head, dict[str, Any]]:
     """Fit the head on catalogue embeddings; ``augmented`` rows are extra views of ``embeddings[aug_source]``.
 
     Augmented views only ever join the fitting side of a split, together with their source image, and are

@@ -20,7 +20,7 @@ _KNN_BLOCK = 8192
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=1, keepdims=True)
-    return (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+    return np.asarray((m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0])
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ class OodModel:
         """``feats``: projected, L2-normalised features [N,d]; ``cos``: cosine to every SKU prototype [N,K]."""
         if self.method == "msp":
             logits = cos / temperature
-            return 1.0 - np.exp(logits.max(axis=1) - _logsumexp(logits))
+            return np.asarray(1.0 - np.exp(logits.max(axis=1) - _logsumexp(logits)))
         if self.method == "energy":
             return -temperature * _logsumexp(cos / temperature)
         if self.method == "max_cosine":
-            return 1.0 - cos.max(axis=1)
+            return np.asarray(1.0 - cos.max(axis=1))
         if self.method == "knn":
             return _knn_score(feats, self.arrays["ood_bank"])
         if self.method == "mahalanobis":
@@ -70,7 +70,7 @@ def _knn_score(feats: np.ndarray, bank: np.ndarray) -> np.ndarray:
         sims = feats @ bank[start : start + _KNN_BLOCK].astype(np.float32).T
         both = np.concatenate([best, sims], axis=1)
         best = -np.partition(-both, k - 1, axis=1)[:, :k]
-    return 1.0 - best.min(axis=1)
+    return np.asarray(1.0 - best.min(axis=1))
 
 
 def _mahalanobis_score(feats: np.ndarray, precision: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ def _mahalanobis_score(feats: np.ndarray, precision: np.ndarray, means: np.ndarr
     quad_x = np.einsum("nd,nd->n", feats @ precision, feats)
     quad_m = np.einsum("kd,kd->k", pm, means)
     d2 = quad_x[:, None] - 2.0 * feats @ pm.T + quad_m[None, :]
-    return np.maximum(d2.min(axis=1), 0.0)
+    return np.asarray(np.maximum(d2.min(axis=1), 0.0))
 
 
 def fit_ood(method: str, feats: np.ndarray, labels: np.ndarray, n_classes: int, shrinkage: float = 0.2) -> OodModel:

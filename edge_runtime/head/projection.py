@@ -26,7 +26,7 @@ class Projection:
 
     @property
     def is_identity(self) -> bool:
-        return self.matrix.shape[1] == 0
+        return bool(self.matrix.shape[1] == 0)
 
     @property
     def in_dim(self) -> int:

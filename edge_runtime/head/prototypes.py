@@ -17,7 +17,7 @@ _BLOCK_ROWS = 256
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return np.asarray(x / np.maximum(norms, 1e-12))
 
 
 def class_sums(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -74,20 +74,20 @@ class PrototypeTable:
         return int(self.rows.shape[0])
 
     def dequantised(self) -> np.ndarray:
-        return self.rows.astype(np.float32) * self.scales[:, None]
+        return np.asarray(self.rows.astype(np.float32) * self.scales[:, None])
 
     def dequantised_rows(self, index: np.ndarray) -> np.ndarray:
         """``dequantised()[index]`` without converting the rest of the table (group-first search needs a few)."""
         if self.precision == "int8":
             # One pass from int8 to scaled float32; the same values as converting, then scaling.
-            return np.multiply(self.rows[index], self.scales[index, None], dtype=np.float32)
-        return self.rows[index].astype(np.float32, copy=False)  # the gather already copied
+            return np.asarray(np.multiply(self.rows[index], self.scales[index, None], dtype=np.float32))
+        return np.asarray(self.rows[index].astype(np.float32, copy=False))  # the gather already copied
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Cosine similarity of L2-normalised queries [N, D] to every row: [N, K] float32."""
         q = np.asarray(queries, dtype=np.float32)
         if self.precision == "fp32":
-            return q @ self.rows.T
+            return np.asarray(q @ self.rows.T)
         out = np.empty((q.shape[0], len(self)), dtype=np.float32)
         block = np.empty((min(_BLOCK_ROWS, len(self)), self.rows.shape[1]), dtype=np.float32)  # reused
         for start in range(0, len(self), _BLOCK_ROWS):

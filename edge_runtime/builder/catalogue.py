@@ -107,6 +107,7 @@ class DecodedCatalogue:
     pixels: dict[int, np.ndarray]  # input size -> uint8 [N, 3, S, S]
 
     def batch(self, size: int, index: np.ndarray) -> np.ndarray:
+        """The images ``index`` at ``size`` as the backbone's float32 input, [len(index), 3, S, S]."""
         return self.pixels[size][index].astype(np.float32)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from edge_runtime.builder.embedding import fit_catalogue_head
-from edge_runtime.builder.footprint import MIB, measure_in_subprocess, regions_per_frame, tensor_queue_bytes
+from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.inputs import default_cache_dir, load_inputs, measurement_plan
 from edge_runtime.builder.pipeline import prepare_backbone
 from edge_runtime.builder.quantize import make_variant
@@ -56,22 +56,13 @@ def run_check(
         prof, catalogue=catalogue, model=model, cache_dir=cache_dir or default_cache_dir(), seed=seed, sizes=[size]
     )
     plan = measurement_plan(prof)
-    tensor_bytes = tensor_queue_bytes(regions_per_frame(prof), size)
     work = Path(tempfile.mkdtemp(prefix="edge-check-"))
     try:
         backbone, clip_report = prepare_backbone(inputs, prof, seed, work)
         model_path = work / f"model-fp32-{size}.onnx"
         onnx.save(make_variant(backbone, "fp32", size), str(model_path))
         log.info("measuring the fp32 model's footprint in a fresh process")
-        m = measure_in_subprocess(
-            model_path,
-            backend=plan.backend,
-            threads=b.threads,
-            frame_bytes=plan.frame_bytes,
-            runs=runs,
-            embedding_output=inputs.embedding_output,
-            tensor_bytes=tensor_bytes,
-        )
+        m = plan.measure(model_path, size, runs=runs, embedding_output=inputs.embedding_output)
         model_file_mib = model_path.stat().st_size / MIB
         log.info("embedding %d images with the fp32 model at %d px", len(inputs.labels), size)
         fitted = fit_catalogue_head(
@@ -91,7 +82,7 @@ def run_check(
     head_mib = fitted.head.nbytes / MIB
     footprint = m.peak_rss_mib + m.gpu_mib + head_mib
     frames_mib = plan.frame_bytes / MIB
-    tensors_mib = tensor_bytes / MIB
+    tensors_mib = plan.tensor_bytes(size) / MIB
     # Parts for the footprint plot: the measured peak split into what it is made of (weights ~ the model file).
     session = max(0.0, m.peak_rss_mib - m.baseline_rss_mib - frames_mib - tensors_mib - model_file_mib)
     parts = {

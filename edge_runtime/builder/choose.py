@@ -36,6 +36,7 @@ def accuracy_resolution(n_eval: int) -> float:
 
 
 def rank_key(candidate: Candidate, resolution: float) -> tuple[float, float, float]:
+    """Sort key: accuracy in steps of ``resolution`` (higher first), then latency, then footprint."""
     bucket = math.floor(candidate.accuracy.top1 / resolution + 1e-9)
     return (-bucket, candidate.measurement.latency_ms_p50, candidate.footprint.total_mib)
 
@@ -55,6 +56,7 @@ def choose(candidates: list[Candidate]) -> Candidate:
 
 
 def format_table(candidates: list[Candidate], chosen: Candidate | None = None) -> str:
+    """The decision table for people: one row per candidate with its figures and why it fits or not."""
     header = f"{'variant':<26} {'footprint':>10} {'latency':>9} {'top-1':>7} {'cos':>7}  status"
     lines = [header, "-" * len(header)]
     for c in candidates:

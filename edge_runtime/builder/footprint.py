@@ -25,7 +25,7 @@ from edge_runtime.profile import DeviceProfile
 from edge_runtime.types import Measurement
 
 # edge-run holds at most this many camera frames at once: its FRAME_QUEUE + TENSOR_QUEUE + PUBLISH_QUEUE
-# (run/pipeline.py; a test keeps the two in step). Each TENSOR_QUEUE item also holds its regions' float tensors.
+# (run/queues.py; a test keeps the two in step). Each TENSOR_QUEUE item also holds its regions' float tensors.
 FRAME_QUEUE_DEPTH = 6
 TENSOR_QUEUE_DEPTH = 2
 PROBE_MODULE = "edge_runtime.run.footprint_probe"

@@ -20,12 +20,17 @@ import onnx
 from edge_runtime.backends import first_available
 from edge_runtime.builder import catalogue as cat
 from edge_runtime.builder.backbone import BACKBONE_GRAPH_VERSION, EMBEDDING_OUTPUT, MULTI_EMBEDDING_OUTPUT
-from edge_runtime.builder.footprint import frame_queue_bytes
+from edge_runtime.builder.footprint import (
+    frame_queue_bytes,
+    measure_in_subprocess,
+    regions_per_frame,
+    tensor_queue_bytes,
+)
 from edge_runtime.builder.quantize import load_model
 from edge_runtime.bundle import sha256_file
 from edge_runtime.errors import UsageError
 from edge_runtime.profile import DeviceProfile
-from edge_runtime.types import SkuInfo
+from edge_runtime.types import Measurement, SkuInfo
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +67,32 @@ class BuildInputs:
 
 @dataclass(frozen=True)
 class MeasurementPlan:
-    """How variants are measured on this host: the backend, whether the figures only estimate the device's,
-    and the camera frames the measured process holds (what edge-run's frame queue holds)."""
+    """How variants are measured on this host: the backend and its threads, whether the figures only estimate
+    the device's, and what the measured process holds besides the model, as edge-run does: the camera frames of
+    its frame queue and the prepared regions of its tensor queue."""
 
     backend: str
     host_estimate: bool
     why_estimate: str
+    threads: int
     frame_bytes: int
+    regions_per_frame: int
+
+    def tensor_bytes(self, input_size: int) -> int:
+        """Bytes of edge-run's tensor queue at this input size."""
+        return tensor_queue_bytes(self.regions_per_frame, input_size)
+
+    def measure(self, model: Path, input_size: int, *, runs: int, embedding_output: str) -> Measurement:
+        """Footprint and latency of ``model`` in a fresh process that holds what edge-run holds."""
+        return measure_in_subprocess(
+            model,
+            backend=self.backend,
+            threads=self.threads,
+            frame_bytes=self.frame_bytes,
+            runs=runs,
+            embedding_output=embedding_output,
+            tensor_bytes=self.tensor_bytes(input_size),
+        )
 
 
 def resolve_catalogue(catalogue: Path | None, cache_dir: Path, seed: int) -> Path:
@@ -168,4 +192,6 @@ def measurement_plan(profile: DeviceProfile) -> MeasurementPlan:
     backend, host_estimate, why = measurement_backend(profile)
     if host_estimate:
         log.warning("figures are host estimates (%s); confirm on the device with edge-bench", why)
-    return MeasurementPlan(backend, host_estimate, why, frame_queue_bytes(profile))
+    return MeasurementPlan(
+        backend, host_estimate, why, profile.backend.threads, frame_queue_bytes(profile), regions_per_frame(profile)
+    )

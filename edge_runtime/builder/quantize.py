@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def load_model(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX model; a missing or invalid file is a ``ModelError`` naming it."""
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
@@ -35,6 +36,7 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 
 def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's one image input, [N,3,S,S]; a ``ModelError`` for any other input layout."""
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -46,6 +48,7 @@ def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 
 
 def native_input_size(model: onnx.ModelProto) -> int | None:
+    """The fixed square input size the model was exported at, None when its spatial dims are symbolic."""
     dims = image_input(model).type.tensor_type.shape.dim
     if dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
         return int(dims[2].dim_value) if dims[2].dim_value == dims[3].dim_value else None

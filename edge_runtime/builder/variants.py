@@ -17,7 +17,7 @@ import onnx
 
 from edge_runtime.builder.choose import choose, violations
 from edge_runtime.builder.embedding import HeadFeatures, catalogue_colour, embed_for_head
-from edge_runtime.builder.footprint import MIB, measure_in_subprocess, regions_per_frame, tensor_queue_bytes
+from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
 from edge_runtime.builder.quantize import Int8Scheme, int8_scheme_for, make_variant
 from edge_runtime.builder.ranking import fit_ranking, heldout_top1
@@ -121,15 +121,7 @@ def measure_variant(
     input size."""
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
-    measurement = measure_in_subprocess(
-        path,
-        backend=plan.backend,
-        threads=b.threads,
-        frame_bytes=plan.frame_bytes,
-        runs=runs,
-        embedding_output=embedding_output,
-        tensor_bytes=tensor_queue_bytes(regions_per_frame(profile), variant.input_size),
-    )
+    measurement = plan.measure(path, variant.input_size, runs=runs, embedding_output=embedding_output)
     train_idx, eval_idx = features.split
     # Quantisation is judged on the embeddings alone; ranking on what the head will read.
     cos = np.sum(l2_normalise(features.embeddings) * l2_normalise(fp32.embeddings), axis=1)

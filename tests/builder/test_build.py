@@ -12,16 +12,10 @@ import pytest
 from edge_runtime.builder.catalogue import decode_catalogue, load_catalogue
 from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import build_main
-from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.errors import EXIT_INPUT, EXIT_NOTHING_FITS, EXIT_READINESS, EXIT_USAGE, CatalogueError
 from edge_runtime.head.prototypes import PrototypeTable
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def small_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_demo_catalogue(tmp_path_factory.mktemp("cat") / "demo", seed=3, scale=0.25)
 
 
 def _profile(tmp_path: Path, budget: int = 1024, extra: str = "") -> Path:
@@ -34,6 +28,7 @@ def _profile(tmp_path: Path, budget: int = 1024, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_build_writes_a_verified_bundle(
     tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -80,6 +75,7 @@ def test_build_writes_a_verified_bundle(
     assert not (out / ".work").exists()
 
 
+@pytest.mark.slow
 def test_nothing_fits_exits_4_with_the_table(
     tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,6 +101,7 @@ def test_nothing_fits_exits_4_with_the_table(
     assert not (tmp_path / "out" / "bundle").exists()
 
 
+@pytest.mark.slow
 def test_cross_build_marks_host_estimates(
     tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,6 +195,7 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path: Path, small_catalogue: 
         decode_catalogue(load_catalogue(tmp_path / "only-bad.csv"), [64])
 
 
+@pytest.mark.slow
 def test_readiness_report_in_the_bundle_and_strict_refuses(
     tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

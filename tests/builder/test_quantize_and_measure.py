@@ -92,7 +92,7 @@ def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:
         tensor_queue_bytes,
     )
     from edge_runtime.profile import load_profile
-    from edge_runtime.run import pipeline as run
+    from edge_runtime.run import queues as run
 
     assert FRAME_QUEUE_DEPTH == run.FRAME_QUEUE + run.TENSOR_QUEUE + run.PUBLISH_QUEUE
     assert TENSOR_QUEUE_DEPTH == run.TENSOR_QUEUE

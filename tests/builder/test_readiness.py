@@ -34,7 +34,6 @@ from edge_runtime.builder.readiness import (
     write_report,
 )
 from edge_runtime.cli import check_main
-from edge_runtime.demo import generate_demo_catalogue
 from edge_runtime.errors import EXIT_INPUT, EXIT_READINESS, InputError
 from edge_runtime.head.fit import FitSettings, fit_head
 from edge_runtime.head.prototypes import l2_normalise
@@ -295,11 +294,6 @@ def test_report_without_matplotlib_skips_only_the_plots(
 # --------------------------------------------------------------------------- edge-check
 
 
-@pytest.fixture(scope="module")
-def small_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_demo_catalogue(tmp_path_factory.mktemp("cat") / "demo", seed=3, scale=0.25)
-
-
 def _test_profile(tmp_path: Path, budget: int = 1024) -> Path:
     path = tmp_path / "test-cpu.toml"
     path.write_text(
@@ -309,6 +303,7 @@ def _test_profile(tmp_path: Path, budget: int = 1024) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_edge_check_cli(
     tmp_path: Path, tiny_model_path: Path, small_catalogue: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -62,6 +62,7 @@ class Check:
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
+        """The check as strict JSON types, without the plot data."""
         return jsonable(
             {
                 "id": self.id,
@@ -75,6 +76,15 @@ class Check:
                 "evidence": self.evidence,
             }
         )
+
+
+class _CheckBase(TypedDict):
+    """The fields of a ``Check`` that do not depend on the data (``Check(**base, value=..., ...)``)."""
+
+    id: str
+    name: str
+    threshold: float
+    unit: str
 
 
 def jsonable(obj: Any) -> Any:
@@ -295,18 +305,15 @@ def check_change_rate(history: ChangeHistory | None, n_skus: int, threshold: flo
     """
     warn_at, rule = _upper_rule(threshold, "{:.1%}")
     rule += "; with routing.unknown_loop a fail becomes a warn; no history: warn"
-    name = "catalogue change rate"
+    base: _CheckBase = {
+        "id": "change_rate",
+        "name": "catalogue change rate",
+        "threshold": threshold,
+        "unit": "fraction",
+    }
     if history is None:
         return Check(
-            id="change_rate",
-            name=name,
-            value=None,
-            threshold=threshold,
-            status="warn",
-            detail="no history given",
-            unit="fraction",
-            warn_rule=rule,
-            evidence={"source": None},
+            **base, value=None, status="warn", detail="no history given", warn_rule=rule, evidence={"source": None}
         )
     events = len(history.added) + len(history.changed)
     per_month = events / history.months
@@ -325,13 +332,10 @@ def check_change_rate(history: ChangeHistory | None, n_skus: int, threshold: flo
         f"{loop_note}" + (f"; latest: {', '.join(recent)}" if recent else "")
     )
     return Check(
-        id="change_rate",
-        name=name,
+        **base,
         value=per_quarter,
-        threshold=threshold,
         status=status,
         detail=detail,
-        unit="fraction",
         warn_rule=rule,
         evidence={
             "source": history.source,

@@ -52,6 +52,9 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ReadinessReport:
+    """The checklist's outcome: the seven checks in ``CHECK_IDS`` order, the combined warning, the scale curve
+    (None when too few SKUs or turned off) and what was checked."""
+
     checks: tuple[Check, ...]
     combined_warning: str | None
     scale_curve: dict[str, Any] | None
@@ -67,15 +70,18 @@ class ReadinessReport:
 
     @property
     def warned(self) -> tuple[Check, ...]:
+        """The checks that warn."""
         return tuple(c for c in self.checks if c.status == "warn")
 
     @property
     def overall(self) -> Status:
+        """fail when any check fails; warn when any warns or the combined warning is raised; else pass."""
         if self.failed:
             return "fail"
         return "warn" if self.warned or self.combined_warning else "pass"
 
     def check(self, check_id: str) -> Check:
+        """The check with this id (one of ``CHECK_IDS``); KeyError for another."""
         for c in self.checks:
             if c.id == check_id:
                 return c
@@ -99,6 +105,7 @@ class ReadinessReport:
         )
 
     def dumps(self) -> str:
+        """``to_json`` as indented, strict JSON (readiness.json)."""
         return json.dumps(self.to_json(), indent=2, allow_nan=False)
 
 

@@ -26,6 +26,7 @@ MIN_SCALE_CLASSES = 4
 
 
 def head_shrinkage(head_report: dict[str, Any]) -> float | None:
+    """The LDA shrinkage the head chose (``lda-0.1`` -> 0.1), None when it uses no projection."""
     chosen = str(head_report.get("projection", {}).get("chosen", "none"))
     return None if chosen == "none" else float(chosen.split("-", 1)[1])
 

@@ -87,17 +87,17 @@ def run_build(opts: BuildOptions) -> BuildResult:
     """
     t_start = time.perf_counter()
     profile = load_profile(opts.profile)
-    size_options = profile.backend.input_sizes
     inputs = load_inputs(
         profile,
         catalogue=opts.catalogue,
         model=opts.model,
         cache_dir=opts.cache_dir,
         seed=opts.seed,
-        sizes=size_options,
+        sizes=profile.backend.input_sizes,
     )
     work = opts.out / ".work"
     work.mkdir(parents=True, exist_ok=True)
+    # The backbone every variant is made from: [fine-tuned on the catalogue,] activations clipped.
     backbone, clip_report = prepare_backbone(inputs, profile, opts.seed, work)
     plan = measurement_plan(profile)
     variants = make_variants(backbone, inputs, profile, plan, work, runs=opts.runs, seed=opts.seed)
@@ -175,7 +175,8 @@ def prepare_backbone(
     """
     b = profile.backend
     backbone = inputs.backbone
-    # A fine-tuning step on the catalogue (builder/train/, optional) takes and returns the backbone here.
+    # The fine-tuning step on the catalogue (builder/train/, optional) takes and returns the backbone here,
+    # so that edge-build and edge-check both judge the fine-tuned model.
     return clip_backbone(
         backbone,
         inputs.embedding_output,

@@ -38,6 +38,11 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# docs/robustness.md: every bad-input case tried against the real tools, and what they did (needs mosquitto).
+.PHONY: docs
+docs: setup
+	$(PY) build_scripts/write_robustness_doc.py
+
 # System packages the tests use for real: mosquitto (broker and mosquitto_passwd), openssl (a test CA for
 # MQTT over TLS), systemd (systemd-analyze verify for the units). Only what is missing is installed.
 SYS_TOOLS := mosquitto:mosquitto mosquitto_passwd:mosquitto openssl:openssl systemd-analyze:systemd

@@ -1,8 +1,8 @@
 """A real mosquitto broker for tests, and a paho subscriber that collects what arrives.
 
-Fixtures (pytest loads them from tests/conftest.py, or from a test module that imports them):
-``mosquitto_factory`` makes configured, not yet started brokers; ``mosquitto`` is a started default one.
-Both skip the test when the mosquitto binary is not installed.
+The fixtures live in tests/conftest.py: ``mosquitto`` is the session's one started default broker (cleared of
+retained messages before each test), ``mosquitto_factory`` makes configured, not yet started brokers for one
+test. Both skip the test when the mosquitto binary is not installed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 # Broker discovery has one implementation, the demo's: make demo starts a throwaway mosquitto the same way.
 from build_scripts.demo_run import HOST, SBIN_DIRS, find_mosquitto, free_port
 
-__all__ = [
-    "Collector",
-    "Mosquitto",
-    "TlsFiles",
-    "find_mosquitto",
-    "free_port",
-    "make_tls_files",
-    "mosquitto",
-    "mosquitto_factory",
-]
+__all__ = ["SBIN_DIRS", "Collector", "Mosquitto", "TlsFiles", "find_mosquitto", "free_port", "make_tls_files"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +175,35 @@ class Mosquitto:
         if self._proc is not None and self._proc.stderr is not None:
             self._proc.stderr.close()
 
+    def clear_retained(self, timeout: float = 5.0) -> list[str]:
+        """Delete every retained message (an empty retained publish on each topic that holds one): a broker shared
+        by several tests then shows each test only what it publishes. Returns the topics cleared."""
+        retained: list[str] = []
+        marker = f"clear-retained/{uuid.uuid4().hex}"
+        done = threading.Event()
+
+        def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            if message.topic == marker:
+                done.set()  # the broker sent the retained messages on subscribing, before this one
+            elif message.retain:
+                retained.append(message.topic)
+
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        client.on_message = on_message
+        client.on_subscribe = lambda *args: client.publish(marker, b"", qos=0)
+        client.connect(self.host, self.port)
+        client.loop_start()
+        try:
+            client.subscribe("#", qos=0)
+            if not done.wait(timeout):
+                raise TimeoutError(f"mosquitto on port {self.port} did not echo the marker")
+            for topic in retained:
+                client.publish(topic, b"", qos=1, retain=True).wait_for_publish(timeout)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return retained
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file.is_file():
             return "(no mosquitto log)"
@@ -273,29 +294,3 @@ class Collector:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-@pytest.fixture
-def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Mosquitto]]:
-    """``make(**options)`` -> a configured, not yet started Mosquitto; all are killed after the test."""
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("mosquitto not installed (looked in PATH and " + ", ".join(SBIN_DIRS) + "); apt install mosquitto")
-    brokers: list[Mosquitto] = []
-
-    def make(**options: Any) -> Mosquitto:
-        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), binary=binary, **options)
-        brokers.append(broker)
-        return broker
-
-    yield make
-    for broker in brokers:
-        broker.kill()
-
-
-@pytest.fixture
-def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    """A started, anonymous, non-persistent broker on a free port of 127.0.0.1."""
-    broker = mosquitto_factory()
-    broker.start()
-    return broker

@@ -1,13 +1,25 @@
-"""Shared fixtures: small real ONNX models built with onnx.helper, real images, the shared data when present."""
+"""Shared fixtures: small real ONNX models built with onnx.helper, real images, the shared data when present, and
+for the whole session one tiny real bundle, one test video and one mosquitto broker.
+
+The session bundle is built once by edge-build (the slow part of every run test); a test that changes a bundle
+makes a changed copy (``faultkit.rebundle``, ``faultkit.copy_bundle``, ``shutil.copytree``) and never writes
+into ``tiny_assets``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from tests.broker import Mosquitto
+    from tests.faultkit import Assets
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -70,3 +82,74 @@ def grocery_images(split: str = "train", limit: int = 16) -> list[Path]:
     if not root.is_dir():
         pytest.skip(f"shared grocery data not present at {root}")
     return sorted(root.rglob("*.jpg"))[:: max(1, len(list(root.rglob("*.jpg"))) // limit)][:limit]
+
+
+# --------------------------------------------------------------------------- the session's bundle and video
+
+# What the session bundle's profile adds to faultkit's: a head that reads colour whatever the build would choose,
+# so every run test goes through the composed head input as well.
+TINY_PROFILE_EXTRA = '[head]\ncolour = "on"\n'
+TINY_VIDEO_FRAMES = 30  # 3 s at 10 fps, at faultkit.FRAME_SIZE
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    """The tiny backbone over a small demo catalogue, built once by edge-build: fixed regions (the whole frame and
+    a small box, ``faultkit.BOXES``), crops capped at ``faultkit.CROP_CAP``, input 96, fp32, colour on."""
+    from tests.faultkit import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("tiny") / "assets", extra_profile=TINY_PROFILE_EXTRA)
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo video of ``TINY_VIDEO_FRAMES`` frames at 10 fps (seed 1); read it, never write it."""
+    from tests.faultkit import make_video
+
+    return make_video(tmp_path_factory.mktemp("video") / "video30.mp4", TINY_VIDEO_FRAMES)
+
+
+# --------------------------------------------------------------------------- mosquitto
+
+
+@pytest.fixture(scope="session")
+def session_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One anonymous, non-persistent broker for the session (use ``mosquitto``, which clears it per test)."""
+    from tests.broker import SBIN_DIRS, Mosquitto, find_mosquitto
+
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto not installed (looked in PATH and " + ", ".join(SBIN_DIRS) + "); apt install mosquitto")
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto-session"), binary=binary)
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture
+def mosquitto(session_mosquitto: Mosquitto) -> Mosquitto:
+    """A started, anonymous, non-persistent broker on a free port of 127.0.0.1: the session's, holding no retained
+    message from an earlier test. Tests that stop or reconfigure a broker use ``mosquitto_factory``."""
+    session_mosquitto.start()  # a no-op while it runs
+    session_mosquitto.clear_retained()
+    return session_mosquitto
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Mosquitto]]:
+    """``make(**options)`` -> a configured, not yet started Mosquitto; all are killed after the test."""
+    from tests.broker import SBIN_DIRS, Mosquitto, find_mosquitto
+
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto not installed (looked in PATH and " + ", ".join(SBIN_DIRS) + "); apt install mosquitto")
+    brokers: list[Mosquitto] = []
+
+    def make(**options: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), binary=binary, **options)
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.kill()

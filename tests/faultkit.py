@@ -1,6 +1,7 @@
-"""Tools for the fault, robustness and security tests: a tiny real bundle, bundle surgery, a throttling TCP proxy,
-a systemd notify listener, outbox snapshots and RSS sampling. No fixtures here: each test module builds what it
-needs once (a build of the tiny bundle takes about a second).
+"""Tools for the run, fault, robustness, security and bench tests: a tiny real bundle, bundle surgery, a throttling
+TCP proxy, a systemd notify listener, outbox snapshots and RSS sampling. No fixtures here: tests/conftest.py builds
+the tiny bundle once per session with ``build_assets`` (``tiny_assets``), and a test that needs another one makes a
+changed copy with ``rebundle``.
 """
 
 from __future__ import annotations

@@ -6,18 +6,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import onnx
 import pytest
 
 from edge_runtime.bench import BenchOptions, SyntheticSource, run_bench
-from edge_runtime.cli import bench_main, build_main
-from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
+from edge_runtime.bundle import MANIFEST
+from edge_runtime.cli import bench_main
+from edge_runtime.demo import generate_demo_video
 from edge_runtime.errors import EXIT_BENCH, EXIT_USAGE
-from tests import broker
 from tests.broker import Collector, Mosquitto
-from tests.conftest import tiny_backbone
-
-mosquitto_factory = broker.mosquitto_factory
+from tests.faultkit import Assets, rebundle
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("capture", "regions", "preprocess", "inference", "head", "encode", "publish")
@@ -31,22 +28,12 @@ def _profile(path: Path, body: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small bundle for the module: input 96, fp32 only, small camera frames (the build is the slow part)."""
-    root = tmp_path_factory.mktemp("bench")
-    model = root / "tiny.onnx"
-    onnx.save(tiny_backbone(), str(model))
-    catalogue = generate_demo_catalogue(root / "catalogue", seed=3, scale=0.25)
-    profile = _profile(
-        root / "test-bench.toml",
-        '[device]\nname = "test-bench"\n'
-        '[backend]\nprecisions = ["fp32"]\ninput_sizes = [96]\ntable_precisions = ["fp32"]\ncalibration_images = 16\n'
-        '[[cameras]]\nname = "demo"\nsource = ""\nwidth = 320\nheight = 240\nfps = 10.0\n'
-        "[metrics]\nport = 0\n",
-    )
-    args = ["--profile", str(profile), "--catalogue", str(catalogue), "--model", str(model)]
-    assert build_main([*args, "--out", str(root / "out"), "--runs", "3", "-q"]) == 0
-    return root / "out" / "bundle"
+def bundle(tiny_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's bundle (input 96, fp32 only; conftest.py) as a copy whose profile looks at the whole frame of
+    a small camera with no source (a bundle.tar.gz beside it, as edge-build writes)."""
+    camera = {"name": "demo", "source": "", "width": 320, "height": 240, "fps": 10.0}
+    changes = {"device": {"name": "test-bench"}, "regions": {"mode": "full"}, "cameras": [camera]}
+    return rebundle(tiny_assets.bundle, tmp_path_factory.mktemp("bench") / "out", profile=changes)
 
 
 @pytest.fixture
@@ -71,7 +58,9 @@ def test_json_report_and_exit_0_within_generous_limits(
     assert report["schema"] == "edge.bench/1" and report["passed"] is True
     assert report["backend"] == "onnxruntime-cpu" and report["precision"] == "fp32" and report["input_size"] == 96
     assert report["variant"] == "fp32-96-table-fp32"
-    assert report["threads"]["used"] >= 1 and report["machine"]["arch"] and report["machine"]["cores_logical"] >= 1
+    # dev-cpu's threads = 0 is onnxruntime's default: one per physical core.
+    assert report["threads"] == {"configured": 0, "used": report["machine"]["cores_physical"]}
+    assert report["machine"]["arch"] and report["machine"]["cores_logical"] >= report["machine"]["cores_physical"]
     assert report["frames"]["measured"] == 20 and report["frames"]["read"] == 23 and report["frames"]["errors"] == 0
     assert report["regions"] == 20  # dev-cpu: the whole frame is one region
     assert "synthetic 320x240" in report["source"] and report["published"] is False
@@ -80,15 +69,22 @@ def test_json_report_and_exit_0_within_generous_limits(
         assert 0 <= row["p50"] <= row["p95"] <= row["p99"], stage
     lat = report["latency_ms"]
     assert lat["end_to_end"]["p50"] >= lat["inference"]["p50"]
-    assert report["throughput"]["fps"] > 0 and report["throughput"]["regions_per_s"] == pytest.approx(
-        report["throughput"]["fps"]
-    )
+    # 20 measured frames of one region each over the measured time: the rates follow from the seconds, which are
+    # rounded to the millisecond (half a millisecond at the measured rate, plus the rate's own rounding).
+    throughput = report["throughput"]
+    frames = throughput["fps"] * throughput["seconds"]
+    assert frames == pytest.approx(20, abs=throughput["fps"] * 5e-4 + throughput["seconds"] * 5e-3)
+    assert throughput["regions_per_s"] == throughput["fps"]
     mem = report["memory"]
     assert mem["peak_rss_mib"] > 30 and mem["vm_hwm_mib"] > 30 and "gpu_mib" in mem
     assert mem["gpu_mib"] in (None, 0.0)  # the CPU backend holds no GPU memory
     assert mem["budget_mib"] == 1048576 and mem["headroom"] == pytest.approx(1 - mem["peak_mib"] / 1048576, abs=1e-4)
+    # The peak is the larger of the sampled RSS and the kernel's high-water mark, plus the GPU's share (none here).
+    peak = max(mem["peak_rss_mib"], mem["vm_hwm_mib"]) + (mem["gpu_mib"] or 0)
+    assert mem["peak_mib"] == pytest.approx(peak, abs=0.1)
     assert report["limits"]["source"].startswith("profile generous")
-    assert report["predicted_footprint_mib"] > 0
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert report["predicted_footprint_mib"] == round(manifest["footprint"]["total_mib"], 1)  # what edge-build measured
     assert set(report["checks"]) == {"headroom", "latency"}
     assert not isolated_state.exists(), "a bench without --publish must not create an outbox"
 
@@ -155,6 +151,7 @@ def test_synthetic_frames_are_deterministic_and_camera_sized() -> None:
     assert a.read() is None
 
 
+@pytest.mark.integration
 def test_publish_sends_through_the_outbox_under_a_bench_device_id(
     bundle: Path, mosquitto_factory: Callable[..., Mosquitto]
 ) -> None:
@@ -175,8 +172,18 @@ def test_publish_sends_through_the_outbox_under_a_bench_device_id(
         )
         assert report.published is True
         assert collector.wait_for(lambda ps: sum(p.get("schema") == "edge.results/1" for p in ps) >= 7)
+        # The final heartbeat is the last message stored: once it is here, everything else is.
+        assert collector.wait_for(lambda ps: any(p.get("schema") == "edge.heartbeat/1" for p in ps))
+        payloads = collector.payloads()
     finally:
         collector.close()
     topics = {m.topic for m in collector.messages}
     assert "edge/dev-cpu-0-bench/results" in topics and "edge/dev-cpu-0-bench/status" in topics
+    # Warm-up frames are published too: one results message per frame read, every frame once, in the bench's id.
+    results = {p["id"]: p for p in payloads if p.get("schema") == "edge.results/1"}
+    assert sorted(p["frame_id"] for p in results.values()) == list(range(report.frames["read"])) == list(range(7))
+    assert {p["device_id"] for p in payloads if "device_id" in p} == {"dev-cpu-0-bench"}
+    objects = {p["id"] for p in payloads if p.get("schema") in ("edge.unknown/1", "edge.verify/1")}
+    assert len(objects) == report.routes.get("unknown", 0) + report.routes.get("verify", 0)
+    # Publishing stores every message durably (an fsynced outbox write), so that stage ran for every frame.
     assert report.latency_ms["publish"]["p50"] > 0

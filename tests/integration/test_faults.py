@@ -26,7 +26,6 @@ import pytest
 from edge_runtime.errors import EXIT_TEMPFAIL
 from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
-from tests import broker
 from tests.broker import Collector, Mosquitto, free_port
 from tests.faultkit import (
     REPO,
@@ -34,7 +33,6 @@ from tests.faultkit import (
     NotifyListener,
     RssSampler,
     TcpProxy,
-    build_assets,
     edge_cmd,
     make_video,
     rebundle,
@@ -43,20 +41,20 @@ from tests.faultkit import (
 )
 from tests.run.test_sources import MjpegServer
 
-mosquitto = broker.mosquitto
-mosquitto_factory = broker.mosquitto_factory
+pytestmark = pytest.mark.integration
 
 RESULTS = "edge.results/1"
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
-    return build_assets(tmp_path_factory.mktemp("faults"))
+def assets(tiny_assets: Assets) -> Assets:
+    """The session's bundle (conftest.py): copy it before changing anything."""
+    return tiny_assets
 
 
 @pytest.fixture(scope="module")
-def video(assets: Assets) -> Path:
-    return make_video(assets.root / "video30.mp4", 30)  # 3 s at 10 fps
+def video(tiny_video: Path) -> Path:
+    return tiny_video  # 30 frames: 3 s at 10 fps
 
 
 def options(bundle: Path, state: Path, port: int, **kw: Any) -> RunOptions:
@@ -164,6 +162,7 @@ def _watch_for(proc: subprocess.Popen[str], text: str) -> threading.Event:
 KILLS = 10
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(
     assets: Assets, tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
 ) -> None:

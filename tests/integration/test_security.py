@@ -23,24 +23,23 @@ from edge_runtime.bundle import MANIFEST, SIGNATURE, TARBALL, load_bundle, sign_
 from edge_runtime.cli import build_main
 from edge_runtime.errors import EXIT_AUTH, BundleError, UsageError
 from edge_runtime.run.pipeline import RunOptions, run
-from tests import broker
 from tests.broker import Collector, Mosquitto, free_port, make_tls_files
-from tests.faultkit import BOXES, CROP_CAP, REPO, Assets, build_assets, edge_cmd, make_video, rebundle
+from tests.faultkit import BOXES, CROP_CAP, REPO, Assets, edge_cmd, make_video, rebundle
 
-mosquitto = broker.mosquitto
-mosquitto_factory = broker.mosquitto_factory
+pytestmark = pytest.mark.integration
 
 PASSWORD = "Tr0ub4dor&3-never-in-a-log"
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
-    return build_assets(tmp_path_factory.mktemp("security"))
+def assets(tiny_assets: Assets) -> Assets:
+    """The session's bundle (conftest.py): copy it before changing anything."""
+    return tiny_assets
 
 
 @pytest.fixture(scope="module")
-def video(assets: Assets) -> Path:
-    return make_video(assets.root / "video.mp4", 10)
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("security") / "video.mp4", 10)
 
 
 # --------------------------------------------------------------------------- MQTT over TLS with a password
@@ -190,6 +189,7 @@ def test_signing_keys_that_are_not_ed25519_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "a" / "bundle").exists()  # a bad key fails before anything is written
 
 
+@pytest.mark.slow
 def test_edge_build_signs_and_a_profile_that_requires_it_runs_only_signed(
     assets: Assets, video: Path, tmp_path: Path
 ) -> None:

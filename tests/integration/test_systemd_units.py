@@ -57,6 +57,7 @@ def test_a_profile_that_requires_signatures_puts_the_device_key_in_the_unit(tmp_
     assert exec_start.endswith("--camera %i --public-key /etc/edge/bundle-signing.pub")
 
 
+@pytest.mark.integration
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

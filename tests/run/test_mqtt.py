@@ -25,13 +25,7 @@ from edge_runtime.run.mqtt import MqttPublisher
 from edge_runtime.run.mqtt_auth import MqttAuthError
 from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
 from edge_runtime.run.startup import instance_device_id
-from tests import broker
 from tests.broker import Collector, Mosquitto, make_tls_files
-
-# The broker fixtures, bound here so this module runs on its own; redundant (and harmless) once
-# tests/conftest.py imports them for every module.
-mosquitto = broker.mosquitto
-mosquitto_factory = broker.mosquitto_factory
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "cam-1"
@@ -86,6 +80,7 @@ def test_topics_and_payload_checks(outbox: Outbox) -> None:
     publisher.close()  # never started: nothing to do, no error
 
 
+@pytest.mark.integration
 def test_delivers_every_result_and_empties_the_outbox(
     mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
 ) -> None:
@@ -105,6 +100,7 @@ def test_delivers_every_result_and_empties_the_outbox(
     collector.close()
 
 
+@pytest.mark.integration
 def test_broker_absent_at_start_then_everything_is_delivered(
     mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], outbox: Outbox
 ) -> None:
@@ -128,6 +124,7 @@ def test_broker_absent_at_start_then_everything_is_delivered(
     collector.close()
 
 
+@pytest.mark.integration
 def test_broker_restart_mid_stream_loses_nothing(
     mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], outbox: Outbox
 ) -> None:
@@ -155,6 +152,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     collector.close()
 
 
+@pytest.mark.integration
 def test_retained_status_online_then_offline_on_close(
     mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher]
 ) -> None:
@@ -202,6 +200,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_last_will_marks_a_killed_process_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
     collector = Collector(mosquitto.host, mosquitto.port, "edge/cam-lwt/status")
     child = subprocess.Popen(
@@ -228,6 +227,7 @@ def test_last_will_marks_a_killed_process_offline(mosquitto: Mosquitto, tmp_path
         collector.close()
 
 
+@pytest.mark.integration
 def test_feedback_is_validated_counted_and_delivered(
     mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher]
 ) -> None:
@@ -296,6 +296,7 @@ def test_feedback_is_validated_counted_and_delivered(
     assert publisher.connected  # the network thread survived all of it
 
 
+@pytest.mark.integration
 def test_refused_credentials_are_fatal_not_retried(
     mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], tmp_path: Path
 ) -> None:
@@ -327,6 +328,7 @@ def test_refused_credentials_are_fatal_not_retried(
     assert ok.fatal_error is None
 
 
+@pytest.mark.integration
 def test_tls_with_a_private_ca(
     mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], tmp_path: Path
 ) -> None:
@@ -352,6 +354,7 @@ def crop_message(i: int, size: int) -> dict[str, Any]:
     return {"schema": "edge.unknown/1", "id": f"crop-{i:04d}", "frame_id": i, "crop": {"data": "A" * size}}
 
 
+@pytest.mark.integration
 def test_uplink_cap_paces_crops_through_a_real_broker_and_loses_none(
     mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
 ) -> None:
@@ -385,6 +388,7 @@ def test_uplink_cap_paces_crops_through_a_real_broker_and_loses_none(
     collector.close()
 
 
+@pytest.mark.integration
 def test_results_overtake_queued_crops_while_the_uplink_is_throttled(
     mosquitto: Mosquitto, make_publisher: Callable[..., MqttPublisher], outbox: Outbox
 ) -> None:
@@ -410,15 +414,7 @@ def test_results_overtake_queued_crops_while_the_uplink_is_throttled(
     collector.close()
 
 
-def test_outbox_next_batch_can_ask_for_some_kinds_only(outbox: Outbox) -> None:
-    from edge_runtime.types import OutMessage
-
-    for i, kind in enumerate(["crop", "result", "crop", "heartbeat"]):
-        assert outbox.put(OutMessage(id=f"m{i}", topic="t", payload=b"x", kind=kind, created=time.time()))
-    assert [m.id for m in outbox.next_batch(10, kinds=("result", "heartbeat"))] == ["m1", "m3"]
-    assert [m.id for m in outbox.next_batch(10)] == ["m0", "m1", "m2", "m3"]
-
-
+@pytest.mark.integration
 def test_close_while_throttled_is_prompt_and_keeps_the_rest_in_the_outbox(
     mosquitto: Mosquitto,
     make_publisher: Callable[..., MqttPublisher],
@@ -464,6 +460,7 @@ def test_from_profile_passes_the_uplink_cap(outbox: Outbox) -> None:
         MqttPublisher(host="h", port=1, device_id=DEVICE, outbox=outbox, uplink_bytes_per_s=0)
 
 
+@pytest.mark.integration
 def test_each_camera_of_a_multi_camera_profile_is_its_own_mqtt_client(mosquitto: Mosquitto, tmp_path: Path) -> None:
     cart = load_profile("cart-v2")  # two cameras: systemd runs one edge-run per camera
     ids = [instance_device_id(cart, camera) for camera in cart.cameras]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,12 @@ def test_from_profile_uses_the_outbox_section(tmp_path: Path) -> None:
     with Outbox.from_profile(profile, tmp_path) as box:
         assert box.path == tmp_path / OUTBOX_FILENAME
         assert box.max_bytes == int(profile.outbox.max_mib * 1024 * 1024)
+
+
+def test_next_batch_can_ask_for_some_kinds_only(db: Path) -> None:
+    # What the MQTT publisher's sender reads while the uplink cap holds crops back.
+    with Outbox(db, max_bytes=1 << 20, ttl_s=3600) as box:
+        for i, kind in enumerate(["crop", "result", "crop", "heartbeat"]):
+            assert box.put(OutMessage(id=f"m{i}", topic="t", payload=b"x", kind=kind, created=time.time()))
+        assert [m.id for m in box.next_batch(10, kinds=("result", "heartbeat"))] == ["m1", "m3"]
+        assert [m.id for m in box.next_batch(10)] == ["m0", "m1", "m2", "m3"]

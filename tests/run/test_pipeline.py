@@ -18,70 +18,43 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.bundle import load_bundle
-from edge_runtime.cli import build_main, run_main
-from edge_runtime.demo import generate_demo_catalogue, generate_demo_video
+from edge_runtime.cli import run_main
 from edge_runtime.errors import EXIT_AUTH, EXIT_INPUT
-from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.feedback import event_id_for_region
+from edge_runtime.run.metrics import sample_value
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
-from edge_runtime.run.queues import PUBLISH_QUEUE, TENSOR_QUEUE, StageQueue
+from edge_runtime.run.queues import PUBLISH_QUEUE, TENSOR_QUEUE
 from edge_runtime.run.sources import Source, VideoFileSource
 from edge_runtime.run.stages import MONO_CHECK_FRAMES, FrameTiming
 from edge_runtime.types import Frame
-from tests import broker
 from tests.broker import Collector, Mosquitto, free_port
-from tests.conftest import tiny_backbone
-
-# The broker fixtures, bound here so this module runs on its own.
-mosquitto = broker.mosquitto
-mosquitto_factory = broker.mosquitto_factory
+from tests.conftest import TINY_VIDEO_FRAMES
+from tests.faultkit import BOXES, CROP_CAP, Assets
 
 REPO = Path(__file__).resolve().parents[2]
-VIDEO_FRAMES = 30  # 3 s at 10 fps
-FRAME_SIZE = (320, 240)  # (width, height)
-CROP_CAP = 128
-# Two fixed regions: the whole frame (its crop is capped to CROP_CAP) and a small box (published as is), so
-# every frame exercises batching (two crops, one backend call) and both crop sizes.
-BOXES = [[0, 0, 320, 240], [200, 120, 100, 90]]
+VIDEO_FRAMES = TINY_VIDEO_FRAMES  # 3 s at 10 fps
+# The session bundle (conftest.py) has two fixed regions: the whole frame (its crop is capped to CROP_CAP) and a
+# small box (published as is), so every frame exercises batching (two crops, one backend call) and both crop sizes.
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One bundle, one video and one image folder for the whole module (the build is the slow part)."""
-    root = tmp_path_factory.mktemp("run")
-    model = root / "tiny.onnx"
-    onnx.save(tiny_backbone(), str(model))
-    catalogue = generate_demo_catalogue(root / "catalogue", seed=3, scale=0.25)
-    profile = root / "test-run.toml"
-    profile.write_text(
-        f'extends = "{REPO / "device_profiles" / "dev-cpu.toml"}"\n'
-        '[device]\nname = "test-run"\n'
-        '[backend]\nprecisions = ["fp32"]\ninput_sizes = [96]\ntable_precisions = ["fp32"]\ncalibration_images = 16\n'
-        f'[regions]\nmode = "fixed"\nfixed = {BOXES}\n'
-        f"[mqtt]\ncrop_max_side = {CROP_CAP}\njpeg_quality = 70\n"
-        "[metrics]\nport = 0\n"
-        # Colour forced on, so every run test goes through the composed head input as well.
-        '[head]\ncolour = "on"\n'
-    )
-    args = ["--profile", str(profile), "--catalogue", str(catalogue), "--model", str(model)]
-    code = build_main([*args, "--out", str(root / "out"), "--runs", "3", "-q"])
-    assert code == 0
-    assert json.loads((root / "out" / "bundle" / "head.json").read_text())["input"]["colour_weight"] > 0
-    video = generate_demo_video(root / "video.mp4", seed=1, seconds=VIDEO_FRAMES / 10, fps=10, size=FRAME_SIZE)
-    folder = root / "images"
+def assets(tiny_assets: Assets, tiny_video: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's bundle and video (conftest.py), and an image folder of catalogue shots for this module."""
+    # Colour forced on, so every run test goes through the composed head input as well.
+    assert json.loads((tiny_assets.bundle / "head.json").read_text())["input"]["colour_weight"] > 0
+    folder = tmp_path_factory.mktemp("run") / "images"
     folder.mkdir()
-    for i, image in enumerate(sorted(catalogue.rglob("*.jpg"))[::7][:6]):
+    for i, image in enumerate(sorted(tiny_assets.catalogue.rglob("*.jpg"))[::7][:6]):
         shutil.copy(image, folder / f"shot_{i:03d}.jpg")
     (folder / "notes.txt").write_text("not an image")
-    return {"bundle": root / "out" / "bundle", "video": video, "folder": folder}
+    return {"bundle": tiny_assets.bundle, "video": tiny_video, "folder": folder}
 
 
 def options(assets: dict[str, Path], tmp_path: Path, broker: Mosquitto | None, **kw: Any) -> RunOptions:
@@ -128,6 +101,7 @@ def check_object_messages(payloads: list[dict[str, Any]]) -> int:
     return n
 
 
+@pytest.mark.integration
 def test_every_video_frame_yields_one_results_message(
     assets: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -170,6 +144,7 @@ def test_every_video_frame_yields_one_results_message(
     assert beat["uplink"]["cap_bytes_per_s"] == 250_000 and beat["uplink"]["bytes"] > 0
 
 
+@pytest.mark.integration
 def test_image_folder_one_result_per_image_named_by_file(
     assets: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -187,6 +162,7 @@ def test_image_folder_one_result_per_image_named_by_file(
     assert sorted(r["frame_id"] for r in results.values()) == list(range(len(names)))
 
 
+@pytest.mark.integration
 def test_sampler_accounts_for_every_frame(assets: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto) -> None:
     summary = run(options(assets, tmp_path, mosquitto))  # the profile's sampler, on the video's own clock
     assert summary.frames_read == VIDEO_FRAMES
@@ -212,6 +188,7 @@ def _publish(port: int, topic: str, payloads: list[dict[str, Any]]) -> None:
         client.loop_stop()
 
 
+@pytest.mark.integration
 def test_feedback_moves_per_class_counters_on_the_metrics_endpoint(
     assets: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -286,6 +263,7 @@ def test_feedback_moves_per_class_counters_on_the_metrics_endpoint(
     assert summary.drained and summary.frames_read == summary.frames_processed
 
 
+@pytest.mark.integration
 def test_sigterm_mid_run_loses_nothing(assets: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto) -> None:
     collector = Collector(mosquitto.host, mosquitto.port, "edge/cart-test/#")
     cmd = [sys.executable, "-c", "from edge_runtime.cli import run; run()", "--bundle", str(assets["bundle"])]
@@ -418,6 +396,7 @@ def test_frames_failing_before_the_backend_are_counted_by_stage_and_the_rest_go_
     assert sample_value(text, "edge_frame_errors_total", {"stage": "inference"}) == 0.0
 
 
+@pytest.mark.integration
 def test_broker_absent_at_start_gets_everything_once_it_appears(
     assets: dict[str, Path], tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
 ) -> None:
@@ -452,6 +431,7 @@ def test_without_a_broker_everything_stays_in_the_outbox(assets: dict[str, Path]
     assert "kept in the outbox" in summary.text()
 
 
+@pytest.mark.integration
 def test_startup_errors_exit_with_documented_codes(
     assets: dict[str, Path],
     tmp_path: Path,
@@ -478,20 +458,3 @@ def test_startup_errors_exit_with_documented_codes(
     err = capsys.readouterr().err
     assert code == EXIT_AUTH, err
     assert "refused" in err and "Traceback" not in err
-
-
-def test_live_queue_drops_the_oldest_and_file_queue_blocks() -> None:
-    live = StageQueue(2)
-    assert [live.put_drop_oldest(i) for i in range(5)] == [0, 0, 1, 1, 1]
-    assert [live.get_nowait(), live.get_nowait()] == [3, 4]  # the freshest frames survive
-    files = StageQueue(1)
-    abort = threading.Event()
-    assert files.put_or_abort("a", abort)
-    threading.Timer(0.3, files.get_nowait).start()
-    t0 = time.monotonic()
-    assert files.put_or_abort("b", abort) and time.monotonic() - t0 >= 0.25  # waited for room, dropped nothing
-    assert files.get_nowait() == "b"
-    files.put_nowait("c")
-    threading.Timer(0.3, abort.set).start()
-    assert not files.put_or_abort("d", abort)  # the consumer died: give up instead of hanging
-    assert StageQueue(1).get_or_end(abort) is None

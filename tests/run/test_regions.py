@@ -158,8 +158,15 @@ def test_detector_clips_boxes_outside_the_frame(detector_path: Path) -> None:
 
 
 def test_detector_feeds_rgb(detector_path: Path) -> None:
-    # The model scores red in RGB channel 0; blue (BGR channel 0) must not light it up.
-    assert DetectorRegions(detector_path, 0.45, 16).find(scene(BLUE)) == []
+    # The model scores red in RGB channel 0; blue (BGR channel 0) must not light it up, red must.
+    detector = DetectorRegions(detector_path, 0.45, 16)
+    assert detector.find(scene(BLUE)) == []
+    assert [r.box for r in detector.find(scene(RED))] == [src_box(*ANCHORS[k]) for k in "ACD"]
+    # Half-intensity red (BGR 0, 0, 128): each score is the red level the model read, 128/255, which only the
+    # red plane of an RGB tensor in 0..255 holds (D, half covered, falls below the threshold).
+    dim = detector.find(scene((0, 0, 128)))
+    assert [r.box for r in dim] == [src_box(*ANCHORS[k]) for k in "AC"]
+    assert [r.detector_score for r in dim] == pytest.approx([128 / 255] * 2, abs=1e-5)
 
 
 @pytest.mark.parametrize(

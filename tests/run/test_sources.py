@@ -201,10 +201,23 @@ def test_gst_pipeline_must_end_in_appsink() -> None:
         open_source("gst:videotestsrc ! autovideosink")
 
 
-def test_gstreamer_detection_matches_build_information() -> None:
-    info = cv2.getBuildInformation()
-    line = next(line for line in info.splitlines() if line.strip().startswith("GStreamer:"))
-    assert sources.gstreamer_available() == ("YES" in line)
+@pytest.mark.parametrize(
+    ("video_io", "available"),
+    [
+        ("    GStreamer:                   YES (1.20.3)\n    v4l/v4l2:                    YES", True),
+        ("    GStreamer:                   NO\n    v4l/v4l2:                    YES", False),
+        ("    GStreamer:                   yes", True),  # the build's own spelling varies
+        ("    FFMPEG:                      YES\n      avcodec:                   YES (58.134.100)", False),  # no line
+        ("    GStreamer-plugins:           YES\n    GStreamer:                   NO", False),  # the exact key only
+        ("  # GStreamer: YES is what Jetson builds print", False),  # not a key at the start of a line
+    ],
+)
+def test_gstreamer_detection_reads_the_build_information(
+    monkeypatch: pytest.MonkeyPatch, video_io: str, available: bool
+) -> None:
+    info = "General configuration for OpenCV 4.10.0\n  Video I/O:\n" + video_io + "\n  Parallel framework: pthreads\n"
+    monkeypatch.setattr(sources.cv2, "getBuildInformation", lambda: info)
+    assert sources.gstreamer_available() is available
 
 
 def test_camera_uris_are_live_and_lazy(monkeypatch: pytest.MonkeyPatch) -> None:

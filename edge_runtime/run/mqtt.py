@@ -66,11 +66,13 @@ _CONNECT_FAIL_LOG_INTERVAL_S: Final = 60.0
 
 
 class MqttPublisher:
-    """Publishes the outbox to ``{prefix}/{device_id}/...`` at QoS 1 and hands feedback to a callback.
+    """Publishes the outbox to ``{prefix}/{device_id}/...`` at QoS 1 and hands feedback to a callback: the
+    ``run.publisher.Publisher`` edge-run uses.
 
     Use: ``start()``, then ``wait_connected()`` (False with ``fatal_error`` set means the broker refused
     us for good: exit; False without it means the broker is not reachable yet, which is fine: messages
-    wait in the outbox), ``send()`` from the pipeline, ``close()`` at shutdown.
+    wait in the outbox), ``send()`` from the pipeline, ``close()`` at shutdown. The outbox is the caller's:
+    it is neither opened nor closed here.
     """
 
     def __init__(
@@ -293,6 +295,7 @@ class MqttPublisher:
             return self._fatal_error
 
     def raise_if_fatal(self) -> None:
+        """Raise MqttAuthError (exit code 7) when the broker refused this client for good."""
         error = self.fatal_error
         if error is not None:
             raise MqttAuthError(
@@ -301,15 +304,18 @@ class MqttPublisher:
 
     @property
     def connected(self) -> bool:
+        """Whether the broker has accepted the connection (CONNACK) and has not dropped it since."""
         with self._lock:
             return self._connected
 
     @property
     def inflight(self) -> int:
+        """Outbox messages published and not yet acknowledged."""
         with self._lock:
             return len(self._inflight_ids)
 
     def stats(self) -> PublisherStats:
+        """A consistent snapshot of the delivery and uplink counters."""
         with self._lock:
             return PublisherStats(
                 connected=self._connected,

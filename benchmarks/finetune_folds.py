@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import onnx
 import torch
 
 from edge_runtime.builder import catalogue as cat
-from edge_runtime.builder.backbone import read_legacy_checkpoint, default_checkpoint_path, build_efficientnet_lite0
+from edge_runtime.builder.backbone import build_efficientnet_lite0, default_checkpoint_path, read_legacy_checkpoint
 from edge_runtime.builder.train.augment import Augment
 from edge_runtime.builder.train.finetune import finetune, forward_rows
 from edge_runtime.builder.train.model import from_state_dict
@@ -42,7 +43,7 @@ from edge_runtime.head.calibration import softmax
 from edge_runtime.head.fit import cluster_folds
 from edge_runtime.head.ood import auroc, detection_at_keep
 from edge_runtime.head.projection import fit_lda
-from edge_runtime.head.prototypes import class_centroids, l2_normalise
+from edge_runtime.head.prototypes import class_centroids
 
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = REPO.parent / "shared" / "data" / "grocery"
@@ -89,6 +90,51 @@ def logit_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
     return {"msp": -softmax(logits).max(1), "max_logit": -logits.max(1), "energy": -lse}
 
 
+@dataclass(frozen=True)
+class Split:
+    """One fold: cache rows to fit the head on, unseen known photos, new-product photos (labels remapped)."""
+
+    train: np.ndarray
+    y_train: np.ndarray
+    known: np.ndarray
+    y_known: np.ndarray
+    new: np.ndarray
+    n_known: int
+
+
+def evaluate(out: dict[str, np.ndarray], name: str, sp: Split, colour_rows: np.ndarray) -> dict[str, object]:
+    """Top-1 and new-product detection of one model's outputs on one split."""
+    result: dict[str, object] = {}
+    x = compose(out["embedding_multi"], colour_rows, COLOUR_WEIGHT)
+    ck, cu, ct = scores_head(x[sp.train], sp.y_train, [x[sp.known], x[sp.new], x[sp.train]], sp.n_known)
+    known = {"max_cosine": -ck.max(1)}
+    unknown = {"max_cosine": -cu.max(1)}
+    train_s = {"max_cosine": -ct.max(1)}
+    if "logits" in out and out["logits"].shape[1] == sp.n_known:
+        lk, lu, lt = out["logits"][sp.known], out["logits"][sp.new], out["logits"][sp.train]
+        result[f"{name}_softmax_top1"] = float((lk.argmax(1) == sp.y_known).mean())
+        known |= logit_scores(lk)
+        unknown |= logit_scores(lu)
+        train_s |= logit_scores(lt)
+        for a in ("msp", "max_logit", "energy"):
+            mu_c, sd_c = train_s["max_cosine"].mean(), train_s["max_cosine"].std() + 1e-9
+            mu_l, sd_l = train_s[a].mean(), train_s[a].std() + 1e-9
+            known[f"cos+{a}"] = (known["max_cosine"] - mu_c) / sd_c + (known[a] - mu_l) / sd_l
+            unknown[f"cos+{a}"] = (unknown["max_cosine"] - mu_c) / sd_c + (unknown[a] - mu_l) / sd_l
+    result[f"{name}_head_top1"] = float((ck.argmax(1) == sp.y_known).mean())
+    result[f"{name}_ood"] = ood_table(known, unknown)
+    return result
+
+
+def _scatter(out: dict[str, np.ndarray], rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Outputs computed for ``rows`` placed at those rows of full-size arrays (the rest stay zero)."""
+    full = {}
+    for k, v in out.items():
+        full[k] = np.zeros((n, v.shape[1]), np.float32)
+        full[k][rows] = v
+    return full
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folds", type=int, default=3)
@@ -122,7 +168,11 @@ def main() -> int:
     log.info("data ready in %.0f s", time.perf_counter() - t0)
 
     frozen = from_state_dict(state)
-    frozen_out = forward_rows(frozen, cache, np.arange(len(cache.source)), args.first_stage, torch.device("cpu"))
+    # The head is fitted on the evaluation crops and two random views of each photo, as the build does.
+    used = np.flatnonzero(cache.view <= 2)
+    frozen_out = _scatter(
+        forward_rows(frozen, cache, used, args.first_stage, torch.device("cpu")), used, len(cache.source)
+    )
     fold_of = cluster_folds(frozen_out["embedding_multi"][cache.view == 0][np.argsort(cache.source[cache.view == 0])],
                             labels, 4, 0)  # fmt: skip
     rng = np.random.default_rng(0)
@@ -143,44 +193,26 @@ def main() -> int:
         known_classes = np.setdiff1d(np.arange(n_sku), held)
         remap = np.full(n_sku, -1)
         remap[known_classes] = np.arange(len(known_classes))
-        rows_train = cache.rows(train_imgs)
+        rows_train = np.intersect1d(cache.rows(train_imgs), used)
         rows_known = cache.rows(np.flatnonzero(known_test), plain=True)
         rows_new = cache.rows(np.flatnonzero(is_new), plain=True)
         y_train, y_known = remap[cache.labels[rows_train]], remap[cache.labels[rows_known]]
         result: dict[str, object] = {"fold": f, "held_out": held.tolist(), "tag": args.tag, "recipe": recipe.as_dict()}
 
-        def evaluate(out: dict[str, np.ndarray], name: str) -> None:
-            x = compose(out["embedding_multi"], colour_rows, COLOUR_WEIGHT)
-            ck, cu, ct = scores_head(x[rows_train], y_train, [x[rows_known], x[rows_new], x[rows_train]],
-                                     len(known_classes))  # fmt: skip
-            top1 = float((ck.argmax(1) == y_known).mean())
-            known = {"max_cosine": -ck.max(1)}
-            unknown = {"max_cosine": -cu.max(1)}
-            train_s = {"max_cosine": -ct.max(1)}
-            if "logits" in out and out["logits"].shape[1] == len(known_classes):
-                lk, lu, lt = out["logits"][rows_known], out["logits"][rows_new], out["logits"][rows_train]
-                result[f"{name}_softmax_top1"] = float((lk.argmax(1) == y_known).mean())
-                for k, v in logit_scores(lk).items():
-                    known[k] = v
-                for k, v in logit_scores(lu).items():
-                    unknown[k] = v
-                for k, v in logit_scores(lt).items():
-                    train_s[k] = v
-                for a in ("msp", "max_logit", "energy"):
-                    mu_c, sd_c = train_s["max_cosine"].mean(), train_s["max_cosine"].std() + 1e-9
-                    mu_l, sd_l = train_s[a].mean(), train_s[a].std() + 1e-9
-                    known[f"cos+{a}"] = (known["max_cosine"] - mu_c) / sd_c + (known[a] - mu_l) / sd_l
-                    unknown[f"cos+{a}"] = (unknown["max_cosine"] - mu_c) / sd_c + (unknown[a] - mu_l) / sd_l
-            result[f"{name}_head_top1"] = top1
-            result[f"{name}_ood"] = ood_table(known, unknown)
-
-        evaluate(frozen_out, "frozen")
+        split = Split(rows_train, y_train, rows_known, y_known, rows_new, len(known_classes))
+        result.update(evaluate(frozen_out, "frozen", split, colour_rows))
         model = from_state_dict(state, n_classes=len(known_classes))
         sub = ViewCache(cache.features, remap[cache.labels], cache.source, cache.view)
         log_ = finetune(model, sub, train_imgs, len(known_classes), recipe, heldout_images=np.flatnonzero(known_test))
         result["train_log"] = log_.as_dict()
-        tuned = forward_rows(model, cache, np.arange(len(cache.source)), args.first_stage, torch.device("cpu"))
-        evaluate(tuned, "tuned")
+        tuned = _scatter(
+            forward_rows(model, cache, used, args.first_stage, torch.device("cpu")), used, len(cache.source)
+        )
+        result.update(evaluate(tuned, "tuned", split, colour_rows))
+        # One model whose shared early stages feed both the frozen and the tuned late stages: the two
+        # multi-layer embeddings side by side (each unit length, so neither dominates).
+        fused = {"embedding_multi": np.hstack([frozen_out["embedding_multi"], tuned["embedding_multi"]]) / np.sqrt(2)}
+        result.update(evaluate(fused, "fused", split, colour_rows))
         line = json.dumps(result, default=float)
         print(line, flush=True)
         if args.out:
@@ -188,7 +220,7 @@ def main() -> int:
                 fh.write(line + "\n")
         brief = {k: v for k, v in result.items() if k.endswith("top1")}
         log.info("fold %d: %s", f, brief)
-        for name in ("frozen_ood", "tuned_ood"):
+        for name in ("frozen_ood", "tuned_ood", "fused_ood"):
             table = result[name]
             assert isinstance(table, dict)
             log.info("  %s: %s", name, {k: round(v["detection"], 3) for k, v in table.items()})

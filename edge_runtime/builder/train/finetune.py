@@ -160,6 +160,9 @@ def finetune(
     """
     device = device or pick_device()
     torch.manual_seed(recipe.seed)
+    # Adam's second moments of rarely moving weights decay into denormal floats, which x86 CPUs handle two
+    # orders of magnitude slower; flushing them to zero changes nothing else.
+    torch.set_flush_denormal(True)
     rng = np.random.default_rng(recipe.seed)
     model.to(device)
     first = recipe.first_trained_stage
@@ -186,6 +189,7 @@ def finetune(
     opt = torch.optim.AdamW(
         [{"params": body_params, "lr": recipe.lr}, {"params": head_params, "lr": recipe.lr * recipe.head_lr_scale}],
         weight_decay=recipe.weight_decay,
+        foreach=True,
     )
     per_image = cache.by_source()
     steps_per_epoch = max(1, math.ceil(len(train_images) / recipe.batch))
@@ -215,7 +219,7 @@ def finetune(
             loss.backward()
             opt.step()
             sched.step()
-            losses += float(loss) * len(rows)
+            losses += float(loss.detach()) * len(rows)
             hits += int((logits.argmax(1) == y).sum())
             seen += len(rows)
         held = _accuracy(model, cache, held_rows, first, device) if len(held_rows) else None

@@ -137,10 +137,8 @@ class Lite0(nn.Module):
 
     def stage_output(self, image: torch.Tensor, stage: int) -> torch.Tensor:
         """The output of ``stage`` for raw images (what the ONNX trunk computes for training)."""
-        x = self.stem_forward(image)
-        for x in self.stages(x, 0, stage):  # noqa: B007 (the last one is the answer)
-            pass
-        return x
+        outs = list(self.stages(self.stem_forward(image), 0, stage))
+        return outs[-1]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

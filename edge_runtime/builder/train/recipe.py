@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from edge_runtime.builder.train.augment import Augment
@@ -28,7 +28,7 @@ class Recipe:
     batch_norm: Literal["frozen", "train"] = "frozen"
     probe_weight_decay: float = 1e-4
     seed: int = 0
-    augment: Augment = Augment()
+    augment: Augment = field(default_factory=Augment)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

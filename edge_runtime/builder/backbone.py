@@ -375,8 +375,10 @@ def build_efficientnet_lite0(state: dict[str, np.ndarray], input_size: int = 224
 
     x = g.relu6(g.conv_bn(x, "head_conv", ("_conv_head", "_bn1"), (c_in, HEAD_CHANNELS)))
     g.nodes.append(helper.make_node("ReduceMean", [x], [EMBEDDING_OUTPUT], name="global_pool", axes=[2, 3], keepdims=0))
-    fc_w = g.const("classifier.weight", g.weight("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS)))
-    fc_b = g.const("classifier.bias", g.weight("_fc.bias", (NUM_CLASSES,)))
+    # ImageNet's 1000 classes for the pretrained checkpoint; one per catalogue SKU for a fine-tuned one.
+    n_classes = int(np.asarray(state["_fc.weight"]).shape[0]) if "_fc.weight" in state else NUM_CLASSES
+    fc_w = g.const("classifier.weight", g.weight("_fc.weight", (n_classes, HEAD_CHANNELS)))
+    fc_b = g.const("classifier.bias", g.weight("_fc.bias", (n_classes,)))
     g.nodes.append(
         helper.make_node("Gemm", [EMBEDDING_OUTPUT, fc_w, fc_b], [LOGITS_OUTPUT], name="classifier", transB=1)
     )
@@ -403,7 +405,7 @@ def build_efficientnet_lite0(state: dict[str, np.ndarray], input_size: int = 224
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, input_size, input_size])],
         [
             helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", HEAD_CHANNELS]),
-            helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["N", NUM_CLASSES]),
+            helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["N", n_classes]),
             helper.make_tensor_value_info(MULTI_EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", multi_dim]),
         ],
         initializer=g.initializers,

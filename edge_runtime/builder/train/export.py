@@ -9,7 +9,6 @@ step (activation clip, fp16 and int8 variants, footprint) treats it like the def
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ import onnx
 
 from edge_runtime.builder.backbone import build_efficientnet_lite0
 from edge_runtime.builder.train.model import Lite0, to_state_dict
+from edge_runtime.bundle import npz_bytes
 
 CACHE_SCHEMA = "edge.finetune/1"
 
@@ -32,10 +32,10 @@ def export_onnx(model: Lite0, input_size: int) -> onnx.ModelProto:
 def save_state(path: Path, state: dict[str, np.ndarray], record: dict[str, Any]) -> None:
     """Write the fine-tuned state dict (npz, never pickled) and its record (json) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **state)
-    for target, data in ((path.with_suffix(".npz"), buffer.getvalue()),
-                         (path.with_suffix(".json"), json.dumps({"schema": CACHE_SCHEMA, **record}).encode())):
+    for target, data in (
+        (path.with_suffix(".npz"), npz_bytes(state)),
+        (path.with_suffix(".json"), json.dumps({"schema": CACHE_SCHEMA, **record}).encode()),
+    ):
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)  # fmt: skip

@@ -107,9 +107,10 @@ def build_view_cache(
         if views:
             canvases = []
             for i in index:
-                image = read_image(str(image_paths[i]))
+                path = image_paths[int(i)]
+                image = read_image(str(path))
                 if image is None:  # decoded once already, so this is a file changed under the build
-                    raise CatalogueError(f"{image_paths[i]}: unreadable on the second read", hint="rerun the build")
+                    raise CatalogueError(f"{path}: unreadable on the second read", hint="rerun the build")
                 canvases.append(canvas(image, size))
             for v in range(1, views + 1):
                 batch = np.stack([random_view(c, size, rng, aug) for c in canvases])

@@ -222,6 +222,7 @@ def head_settings(
     limit_mib = float(profile.device.memory_budget_mib) * (1.0 - profile.device.min_headroom)
     return FitSettings(
         accept_precision=r.accept_precision,
+        accept_confidence=r.accept_confidence,
         ood_keep=r.ood_keep,
         verify_band=r.verify_band,
         table_precision=table_precision,

@@ -174,8 +174,10 @@ def _head_lines(h: dict[str, Any]) -> list[str]:
         f"{rt['class_threshold_target']} (levels {rt['threshold_levels']}, {rt['never_accepted_classes']} class(es) "
         f"never auto-accepted) and an OOD accept limit {rt['accept_ood_threshold']:.4f} that keeps "
         f"{rt['accept_gate_keep']:.0%} of gated known images; cross-fitted on unseen halves: precision "
-        f"{rt['accepted_precision_crossfit']} with {rt['unknown_share_assumed']:.0%} simulated new products in the "
-        f"stream, {rt['known_auto_accepted_crossfit']:.1%} of known images auto-accepted",
+        f"{rt['accepted_precision_crossfit']} (one-sided {rt['accept_confidence']:.0%} lower bound "
+        f"{rt['accepted_precision_crossfit_lower']}, the figure the rule was chosen on) with "
+        f"{rt['unknown_share_assumed']:.0%} simulated new products in the stream, "
+        f"{rt['known_auto_accepted_crossfit']:.1%} of known images auto-accepted",
         "",
         "| OOD method | detection at keep | AUROC | siblings | extra bytes |",
         "|---|---|---|---|---|",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -67,6 +69,17 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
 
 
 NEVER = 1.01  # a threshold no probability reaches: the class is never auto-accepted
+
+
+def wilson_lower(p: float, n: float, confidence: float) -> float:
+    """One-sided Wilson score lower bound of a proportion ``p`` seen on ``n`` (effective) trials; ``p`` itself
+    when ``confidence`` is 0 or there are no trials."""
+    if confidence <= 0 or n <= 0:
+        return p
+    z = float(NormalDist().inv_cdf(confidence))
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n)))
+    return (centre - spread) / (1 + z * z / n)
 
 
 def precision_threshold(conf: np.ndarray, correct: np.ndarray, weight: np.ndarray, target: float) -> float:
@@ -143,7 +156,9 @@ class AcceptRule:
     gate_keep: float  # share of gated known images the accept limit keeps
     table: list[dict[str, float]]  # every (internal_target, gate_keep) tried, with its cross-fitted figures
     crossfit_precision: float
+    crossfit_precision_lower: float  # the one-sided lower confidence bound the choice was made on
     crossfit_known_accepted: float
+    confidence: float
 
 
 def fit_accept_rule(
@@ -159,6 +174,7 @@ def fit_accept_rule(
     min_support: int = 10,
     repeats: int = 3,
     seed: int = 0,
+    confidence: float = 0.95,
 ) -> AcceptRule:
     """Fit the accept rule so that accepted precision, new products included, reaches ``target`` on rows it
     never saw.
@@ -175,9 +191,17 @@ def fit_accept_rule(
     share of known images the margin limit keeps) are chosen by cross-fitting: rows are split by ``unit``
     (one look-alike cluster of a SKU, or one simulated new product) into halves, fitted on one and measured
     on the other; the pair that auto-accepts the most known images at ``target`` wins, else the most precise.
+
+    "At ``target``" means the one-sided ``confidence`` lower bound (Wilson) of the cross-fitted precision, not
+    the estimate itself: catalogue photos flatter the head, and on grocery store photos the build's point
+    estimate (0.988-0.994) fell to 0.971 on an independent check. The bound counts the accepted rows by their
+    effective number (new products weigh less than one row each) and once per repeat, since every row is
+    measured once in each repeat. ``confidence`` 0 chooses on the point estimate.
     """
     slack = 1.0 - target
-    internals = [1.0 - slack * f for f in (1.0, 0.5, 0.25)]
+    # The class thresholds' own target: at or above the promise, since a threshold fitted at exactly the target
+    # lands under it on unseen rows (the cross-fit measures by how much).
+    internals = [1.0 - slack * f for f in (1.0, 0.5, 0.25, 0.1)]
     keeps = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1)
     units = np.unique(unit)
     rng = np.random.default_rng(seed)
@@ -197,25 +221,29 @@ def fit_accept_rule(
     table, best = [], None
     for internal in internals:
         for keep in keeps:
-            tp = fp = accepted = known_rows = 0.0
+            tp = fp = accepted = known_rows = sum_w = sum_w2 = 0.0
             for fit_rows, test_rows in splits:
                 thr, limit = fit(fit_rows, internal, keep, max(2, min_support // 2))
                 acc = test_rows & (conf >= thr.values[pred]) & (margin <= limit)
                 tp += float((weight * (acc & correct)).sum())
                 fp += float((weight * (acc & ~correct)).sum())
+                sum_w += float(weight[acc].sum())
+                sum_w2 += float((weight[acc] ** 2).sum())
                 accepted += float((acc & ~is_unknown).sum())
                 known_rows += float((test_rows & ~is_unknown).sum())
+            precision = tp / (tp + fp) if tp + fp else 1.0
+            n_eff = sum_w * sum_w / sum_w2 / repeats if sum_w2 else 0.0
+            lower = wilson_lower(precision, n_eff, confidence)
             row = {
                 "internal_target": round(internal, 5),
                 "gate_keep": keep,
-                "crossfit_precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
+                "crossfit_precision": round(precision, 4),
+                "crossfit_precision_lower": round(lower, 4),
                 "crossfit_known_accepted": round(accepted / max(1.0, known_rows), 4),
             }
             table.append(row)
-            key = (
-                row["crossfit_precision"] >= target,
-                row["crossfit_known_accepted"] if row["crossfit_precision"] >= target else row["crossfit_precision"],
-            )
+            meets = row["crossfit_precision_lower"] >= target
+            key = (meets, row["crossfit_known_accepted"] if meets else row["crossfit_precision_lower"])
             if best is None or key > best[0]:
                 best = (key, row)
     assert best is not None
@@ -228,5 +256,7 @@ def fit_accept_rule(
         gate_keep=chosen["gate_keep"],
         table=table,
         crossfit_precision=chosen["crossfit_precision"],
+        crossfit_precision_lower=chosen["crossfit_precision_lower"],
         crossfit_known_accepted=chosen["crossfit_known_accepted"],
+        confidence=confidence,
     )

@@ -65,6 +65,8 @@ class FitSettings:
     projection_dims: tuple[int, ...] = PROJECTION_DIMS
     # > 0: the LDA keeps at most this many directions, whatever cross-validation says (a hard memory or time cap).
     max_projection_dim: int = 0
+    # The accept rule must reach accept_precision at this one-sided lower confidence bound (0: point estimate).
+    accept_confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,7 @@ def _accept_rule(
     t_unit = np.concatenate([known_units, n_classes * s.folds + u_sku[u_pass]])
     rule = fit_accept_rule(
         t_pred, t_conf, t_ok, t_margin, t_w, t_unit, t_unknown, group_of_class, s.accept_precision, s.min_support,
-        seed=s.seed,
+        seed=s.seed, confidence=s.accept_confidence,
     )  # fmt: skip
     thr = rule.thresholds
     accept_ood_threshold = ood_threshold + rule.ood_margin
@@ -376,6 +378,8 @@ def _accept_rule(
         "accept_ood_threshold": accept_ood_threshold,
         "accept_gate_keep": rule.gate_keep,
         "accepted_precision_crossfit": rule.crossfit_precision,
+        "accepted_precision_crossfit_lower": rule.crossfit_precision_lower,
+        "accept_confidence": rule.confidence,
         "known_auto_accepted_crossfit": rule.crossfit_known_accepted,
         "crossfit_table": rule.table,
         "threshold_levels": {lvl: thr.levels.count(lvl) for lvl in ("class", "group", "global")},
@@ -386,8 +390,9 @@ def _accept_rule(
         "unknown_share_assumed": s.unknown_share,
     }
     log.info(
-        "head: accept rule class thresholds at %.4f, OOD accept limit keeps %.0f%%: cross-fitted precision %.3f with"
-        " new products, %.0f%% of known images auto-accepted", rule.internal_target, 100 * rule.gate_keep,
-        rule.crossfit_precision, 100 * rule.crossfit_known_accepted,
+        "head: accept rule class thresholds at %.4f, OOD accept limit keeps %.0f%%: cross-fitted precision %.3f"
+        " (%.0f%% lower bound %.3f) with new products, %.0f%% of known images auto-accepted", rule.internal_target,
+        100 * rule.gate_keep, rule.crossfit_precision, 100 * rule.confidence, rule.crossfit_precision_lower,
+        100 * rule.crossfit_known_accepted,
     )  # fmt: skip
     return rule, report

@@ -50,6 +50,7 @@ from edge_runtime.profile.schema import (
     Routing,
     Sampler,
     Security,
+    Train,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "Routing",
     "Sampler",
     "Security",
+    "Train",
     "list_profiles",
     "load_profile",
     "merge_chain",

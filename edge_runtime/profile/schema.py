@@ -287,6 +287,16 @@ class Routing(BaseModel):
     accept_precision: FiniteFloat = Field(
         default=0.98, ge=0.5, le=1, description="Target precision of auto-accepted recognitions (sets the threshold)."
     )
+    accept_confidence: FiniteFloat = Field(
+        default=0.95,
+        ge=0,
+        lt=1,
+        description=(
+            "The build fits the accept rule so that the one-sided lower confidence bound of its cross-fitted"
+            " precision reaches accept_precision (catalogue photos flatter the head; store photos measured lower)."
+            " 0 = the point estimate."
+        ),
+    )
     ood_keep: FiniteFloat = Field(
         default=0.95, ge=0.5, le=1, description="Fraction of in-catalogue items the out-of-distribution gate keeps."
     )
@@ -334,6 +344,58 @@ class HeadFit(BaseModel):
             "Append a hue-saturation histogram of each region to its embedding (siblings often differ mostly in"
             " colour). auto = keep it when it raises held-out top-1 on the catalogue; off for monochrome cameras."
             " Costs 0.2-0.3 ms per region at run time."
+        ),
+    )
+
+
+class Train(BaseModel):
+    """Fine-tuning the backbone on the catalogue at build time (the ``[train]`` extra: torch, packaging host only).
+
+    The bundle and the device never need torch: the fine-tuned weights are exported to the same ONNX contract.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    enabled: Literal["auto"] | bool = Field(
+        default="auto",
+        description=(
+            "Fine-tune the default backbone's last stages on the catalogue. auto = when torch is importable"
+            " (pip install edge_runtime[train]); true = required (edge-build exits 2 without torch); false = the"
+            " frozen ImageNet backbone. Custom --model backbones are never fine-tuned."
+        ),
+    )
+    first_trained_stage: int = Field(
+        default=5,
+        ge=4,
+        le=6,
+        description=(
+            "EfficientNet-Lite0 stages from this one on (and the 1x1 head conv) are trained; earlier stages stay"
+            " frozen and are computed once per view. 5 = the last two stages."
+        ),
+    )
+    epochs: int = Field(default=12, ge=1, le=200, description="Passes over the catalogue (one random view each).")
+    views: int = Field(
+        default=4, ge=0, le=16, description="Random training views per catalogue image, besides its evaluation crop."
+    )
+    learning_rate: FiniteFloat = Field(default=1e-3, gt=0, le=1.0, description="AdamW peak rate (cosine schedule).")
+    weight_decay: FiniteFloat = Field(default=0.05, ge=0, le=1.0, description="AdamW decoupled weight decay.")
+    label_smoothing: FiniteFloat = Field(default=0.1, ge=0, le=0.3, description="Cross-entropy label smoothing.")
+    batch_size: int = Field(default=64, ge=4, le=1024, description="Views per training step.")
+    batch_norm: Literal["frozen", "train"] = Field(
+        default="frozen",
+        description="frozen = keep the pretrained batch-norm statistics (stable on small catalogues); train = update.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where torch trains: auto = a CUDA GPU when torch sees one, else the CPU."
+    )
+    calibration_holdout: FiniteFloat = Field(
+        default=0.15,
+        ge=0.05,
+        le=0.4,
+        description=(
+            "Share of SKUs a second, calibration model is trained without (together with one cluster of"
+            " look-alike photos of every other SKU): the head's temperature, OOD gate and accept rule are fitted"
+            " on what that model never saw, never on images a model trained on."
         ),
     )
 
@@ -422,6 +484,7 @@ class DeviceProfile(BaseModel):
     metrics: Metrics = Field(default_factory=Metrics, description="Prometheus metrics endpoint.")
     routing: Routing = Field(default_factory=Routing, description="Accept / verify / unknown routing.")
     head: HeadFit = Field(default_factory=HeadFit, description="How the recognition head is fitted at build time.")
+    train: Train = Field(default_factory=Train, description="Fine-tuning the backbone on the catalogue at build time.")
     readiness: Readiness = Field(default_factory=Readiness, description="Readiness checklist limits.")
     health: Health = Field(default_factory=Health, description="Watchdog and stall detection.")
     security: Security = Field(default_factory=Security, description="Bundle signature policy.")

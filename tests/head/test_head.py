@@ -17,6 +17,7 @@ from edge_runtime.head.calibration import (
     fit_temperature,
     precision_threshold,
     softmax,
+    wilson_lower,
 )
 from edge_runtime.head.fit import FitSettings, cluster_folds, cluster_groups, fit_head
 from edge_runtime.head.model import Head
@@ -414,3 +415,34 @@ def test_profile_cap_on_the_projection_dimension() -> None:
     # A cap at or above what the LDA keeps changes nothing.
     head, report = fit_head(x, labels, _skus(30), _fast(max_projection_dim=64))
     assert "output_dim" not in report["projection"] and head.projection.matrix.shape[1] == 29
+
+
+def test_wilson_lower_bound_matches_the_textbook_figures() -> None:
+    # 95 % one-sided (z = 1.645): 98 of 100 -> 0.9414; 990 of 1000 -> 0.9836; no trials or no confidence -> p.
+    assert wilson_lower(0.98, 100, 0.95) == pytest.approx(0.9414, abs=5e-4)
+    assert wilson_lower(0.99, 1000, 0.95) == pytest.approx(0.9836, abs=5e-4)
+    assert wilson_lower(0.9, 0, 0.95) == 0.9 and wilson_lower(0.9, 50, 0.0) == 0.9
+    assert wilson_lower(1.0, 30, 0.95) < 1.0  # a perfect record on 30 rows is not a promise
+
+
+def test_accept_rule_keeps_its_promise_at_the_lower_bound() -> None:
+    """Chosen on the point estimate, the rule sits right at the target; chosen on the lower bound it accepts
+    less, and the bound it reports (not only the estimate) reaches the target."""
+    rng = np.random.default_rng(6)
+    k, n = 12, 3000
+    group = np.arange(k) // 3
+    pred = rng.integers(0, k, n)
+    correct = rng.random(n) < 0.9
+    conf = np.where(correct, rng.uniform(0.5, 1.0, n), rng.uniform(0.3, 0.55, n))
+    margin = -rng.uniform(0.0, 1.0, n)
+    args = (pred, conf, correct, margin, np.ones(n), np.arange(n) % 300, np.zeros(n, bool), group, 0.98)
+    point = fit_accept_rule(*args, min_support=10, confidence=0.0)
+    bound = fit_accept_rule(*args, min_support=10, confidence=0.95)
+    assert point.crossfit_precision >= 0.98
+    # The point estimate's choice, seen with the bound: under the promise.
+    same = next(
+        r for r in bound.table if (r["internal_target"], r["gate_keep"]) == (point.internal_target, point.gate_keep)
+    )
+    assert same["crossfit_precision_lower"] < 0.98 <= bound.crossfit_precision_lower
+    assert bound.crossfit_known_accepted < point.crossfit_known_accepted
+    assert bound.confidence == 0.95 and point.confidence == 0.0

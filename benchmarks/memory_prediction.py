@@ -28,7 +28,7 @@ from _common import REPO, broker, demo_bundle, machine_line
 
 from edge_runtime.builder.footprint import measure_in_subprocess
 from edge_runtime.bundle import MODEL, load_bundle
-from edge_runtime.run.pipeline import bundle_profile
+from edge_runtime.run.startup import bundle_profile
 
 FRAME_QUEUE_DEPTH = 4  # edge-build's count of queued camera frames
 TARGET = 0.10

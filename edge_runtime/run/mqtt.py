@@ -23,7 +23,8 @@ durable outbox: the cap delays, it never drops. The sender waits on its conditio
 
 Feedback: every message on ``{prefix}/{device}/feedback`` is handed, as bytes, to the callback given to
 ``on_feedback()`` (``run.feedback`` validates, deduplicates and counts it). TLS, the credentials file and
-which CONNACK refusals are fatal live in ``run.mqtt_auth``.
+which CONNACK refusals are fatal live in ``run.mqtt_auth``; which messages are in flight under which mid, in
+``run.mqtt_inflight``.
 
 Threads: paho's network thread runs every callback; the sender thread publishes. Every callback
 catches its own exceptions: an exception escaping into paho would end its network thread.
@@ -47,6 +48,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_runtime.errors import UsageError
 from edge_runtime.run.messages import FEEDBACK_TOPIC, TOPICS, encode_json, status_payload
 from edge_runtime.run.mqtt_auth import MqttAuthError, is_fatal_connack, read_credentials, tls_context
+from edge_runtime.run.mqtt_inflight import InflightLedger
 from edge_runtime.run.outbox import DROP_REJECTED, Outbox, OutboxStats
 from edge_runtime.run.publisher import PublisherStats
 from edge_runtime.run.uplink import Uplink, uplink_cost
@@ -127,10 +129,7 @@ class MqttPublisher:
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._mid_to_id: dict[int, str | None] = {}  # None: a direct publish (status), not in the outbox
-        self._early_acks: set[int] = set()  # PUBACKs that overtook the registration of their mid
-        # id -> uplink bytes: paho retransmits these after a reconnect, which the uplink budget pays for.
-        self._inflight_ids: dict[str, int] = {}
+        self._inflight = InflightLedger()  # guarded by self._lock
         self._more_pending = True  # the outbox may hold messages not yet published
         self._connected = False
         self._ready = threading.Event()  # CONNACK ok and the feedback SUBACK arrived, or fatal
@@ -312,7 +311,7 @@ class MqttPublisher:
     def inflight(self) -> int:
         """Outbox messages published and not yet acknowledged."""
         with self._lock:
-            return len(self._inflight_ids)
+            return len(self._inflight)
 
     def stats(self) -> PublisherStats:
         """A consistent snapshot of the delivery and uplink counters."""
@@ -324,7 +323,7 @@ class MqttPublisher:
                 published=self.published,
                 acked=self.acked,
                 resent=self.resent,
-                inflight=len(self._inflight_ids),
+                inflight=len(self._inflight),
                 send_rejected=self.send_rejected,
                 uplink_bytes_per_s=self._uplink.cap,
                 uplink_bytes=self._uplink.bytes_sent,
@@ -352,7 +351,7 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                if not self._inflight_ids and self._outbox.depth == 0:
+                if not self._inflight and self._outbox.depth == 0:
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -386,8 +385,7 @@ class MqttPublisher:
             self._client.disconnect()
             self._client.loop_stop()
         with self._lock:
-            unacked = list(self._inflight_ids)
-            self._inflight_ids.clear()
+            unacked = self._inflight.take_all()
         # paho's copies of these die with this client: let a later publisher on the same outbox send them.
         self._outbox.release(unacked)
         left = self._outbox.depth
@@ -426,7 +424,7 @@ class MqttPublisher:
                     self._cond.wait(min(wait, 5.0))
                 if self._stopping:
                     return
-                room = self._max_inflight - len(self._inflight_ids) if self._can_send() else 0
+                room = self._max_inflight - len(self._inflight) if self._can_send() else 0
                 if room:
                     self._more_pending = False
             if time.monotonic() >= next_expire:
@@ -470,7 +468,7 @@ class MqttPublisher:
                     self._more_pending = True
 
     def _can_send(self) -> bool:
-        return self._connected and self._more_pending and len(self._inflight_ids) < self._max_inflight
+        return self._connected and self._more_pending and len(self._inflight) < self._max_inflight
 
     def _await_uplink(self, msg: OutMessage, *, block: bool) -> tuple[bool, bool]:
         """(admitted, waited): whether the uplink budget lets ``msg`` go now, and whether it had to wait for it.
@@ -502,13 +500,13 @@ class MqttPublisher:
         cost = uplink_cost(msg)
         self._outbox.mark_inflight([msg.id])
         with self._lock:
-            self._inflight_ids[msg.id] = cost
+            self._inflight.add(msg.id, cost)
         try:
             info = self._client.publish(msg.topic, msg.payload, qos=self._qos, retain=msg.retain)
         except ValueError as exc:  # invalid topic or payload: retrying cannot help
             logger.error("MQTT: dropping message %s: %s", msg.id, exc)
             with self._lock:
-                self._inflight_ids.pop(msg.id, None)
+                self._inflight.discard(msg.id)
             self._outbox.drop(msg.id, DROP_REJECTED)
             return True
         # NO_CONN at QoS >= 1: paho queued it and sends it after the next CONNACK, so it is in flight.
@@ -518,7 +516,7 @@ class MqttPublisher:
         if not queued:
             logger.warning("MQTT: publish of %s failed (%s); will retry", msg.id, mqtt.error_string(info.rc))
             with self._cond:
-                self._inflight_ids.pop(msg.id, None)
+                self._inflight.discard(msg.id)
                 self._more_pending = True
             self._outbox.release([msg.id])
             return False
@@ -531,12 +529,7 @@ class MqttPublisher:
     def _register(self, mid: int, msg_id: str | None) -> None:
         """Remember what ``mid`` is; if its PUBACK already arrived, complete it now."""
         with self._lock:
-            if mid in self._early_acks:
-                self._early_acks.discard(mid)
-                already = True
-            else:
-                self._mid_to_id[mid] = msg_id
-                already = False
+            already = self._inflight.register(mid, msg_id)
         if already and msg_id is not None:
             self._complete(msg_id, None)
 
@@ -548,7 +541,7 @@ class MqttPublisher:
             logger.error("MQTT: broker refused message %s (%s); dropped", msg_id, failure)
             self._outbox.drop(msg_id, DROP_REJECTED)
         with self._cond:
-            self._inflight_ids.pop(msg_id, None)
+            self._inflight.discard(msg_id)
             self.acked += 1
             self._cond.notify_all()
 
@@ -613,9 +606,9 @@ class MqttPublisher:
             self._connect_fails = 0
             if reconnect:
                 # paho retransmits these itself right after this callback (see the module docstring).
-                self.resent += len(self._inflight_ids)
+                self.resent += len(self._inflight)
                 # Outside our control, but on the same link: new messages wait until it is paid for.
-                self._uplink.spend(sum(self._inflight_ids.values()))
+                self._uplink.spend(self._inflight.resend_bytes())
             self._more_pending = True
             self._cond.notify_all()
         logger.info("MQTT: connected to %s:%d (session present: %s)", self._host, self._port, flags.session_present)
@@ -668,7 +661,7 @@ class MqttPublisher:
                     self._host,
                     self._port,
                     reason_code,
-                    len(self._inflight_ids),
+                    len(self._inflight),
                 )
         except Exception:
             logger.exception("MQTT: error in on_disconnect")
@@ -683,15 +676,10 @@ class MqttPublisher:
     ) -> None:
         try:
             with self._lock:
-                if mid in self._mid_to_id:
-                    msg_id = self._mid_to_id.pop(mid)
-                    known = True
-                else:
-                    # The PUBACK overtook _register (publish() returned in the sender thread, the ack
-                    # was processed here first); _register completes it.
-                    self._early_acks.add(mid)
-                    msg_id, known = None, False
-            if known and msg_id is not None:
+                # None also when the PUBACK overtook _register (publish() returned in the sender thread, the
+                # ack was processed here first): the ledger keeps it and _register completes the message.
+                msg_id = self._inflight.acked(mid)
+            if msg_id is not None:
                 self._complete(msg_id, reason_code if reason_code.is_failure else None)
         except Exception:
             logger.exception("MQTT: error in on_publish")

@@ -39,7 +39,7 @@ from tests.faultkit import (
     snapshot_outbox,
     wait_until,
 )
-from tests.run.test_sources import MjpegServer
+from tests.run.sources.test_live import MjpegServer
 
 pytestmark = pytest.mark.integration
 

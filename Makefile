@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export EDGE_CACHE_DIR ?= $(CURDIR)/.cache
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test lint typecheck sysdeps clean bench
+.PHONY: setup demo test test-fast lint typecheck sysdeps clean bench
 
 setup: $(STAMP)
 
@@ -17,16 +17,20 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) \
 	  || { echo "make setup: cannot create a venv; on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,dev]'
+	$(PY) -m pip install --quiet -e '.[build,train,dev]'
 	@touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/edge-build --profile dev-cpu --out $(DEMO_OUT)
 	$(PY) build_scripts/demo_run.py --bundle $(DEMO_OUT)/bundle
 
-test: setup
-	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts
+# The README's test command (and CI's): lint, format, types, then every test.
+test: lint typecheck
 	$(PY) -m pytest -q
+
+# While working: the same checks without the slow tests (`pytest -m "not slow"`).
+test-fast: lint typecheck
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check edge_runtime tests benchmarks build_scripts

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from edge_runtime.builder.embedding import fit_catalogue_head
+from edge_runtime.builder.embedding import fit_catalogue_head, twin_features
 from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.inputs import default_cache_dir, load_inputs, measurement_plan
 from edge_runtime.builder.pipeline import prepare_backbone
@@ -58,9 +58,13 @@ def run_check(
     plan = measurement_plan(prof)
     work = Path(tempfile.mkdtemp(prefix="edge-check-"))
     try:
-        backbone, clip_report = prepare_backbone(inputs, prof, seed, work)
+        cache = cache_dir or default_cache_dir()
+        prepared = prepare_backbone(inputs, prof, seed, work, default_backbone=model is None, cache_dir=cache)
         model_path = work / f"model-fp32-{size}.onnx"
-        onnx.save(make_variant(backbone, "fp32", size), str(model_path))
+        onnx.save(make_variant(prepared.model, "fp32", size), str(model_path))
+        features = None
+        if prepared.twin is not None:
+            features = twin_features(prepared.twin, model_path, inputs, prof, size, seed, work)
         log.info("measuring the fp32 model's footprint in a fresh process")
         m = plan.measure(model_path, size, runs=runs, embedding_output=inputs.embedding_output)
         model_file_mib = model_path.stat().st_size / MIB
@@ -74,8 +78,10 @@ def run_check(
             seed=seed,
             table_precision="fp32",
             footprint_mib=m.peak_rss_mib + m.gpu_mib,
-            clip_report=clip_report,
+            clip_report=prepared.clip_report,
+            features=features,
         )
+        fitted.report["finetune"] = prepared.finetune_report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -96,7 +102,7 @@ def run_check(
     if m.gpu_mib:
         parts["gpu"] = m.gpu_mib
     report = run_readiness(
-        embeddings=fitted.features.head_input,
+        embeddings=fitted.features.judged.head_input,  # a fine-tuned build: its calibration model's
         labels=inputs.labels,
         skus=inputs.skus,
         head=fitted.head,

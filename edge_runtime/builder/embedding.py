@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from edge_runtime.builder import catalogue as cat
 from edge_runtime.builder.augment import augment_batch
 from edge_runtime.builder.backbone import EMBEDDING_OUTPUT, MULTI_EMBEDDING_OUTPUT, can_clip_head, clip_head
 from edge_runtime.builder.footprint import MIB
+from edge_runtime.builder.holdout import CalibrationTwin, HoldoutPlan, heldout_split
+from edge_runtime.builder.inputs import BuildInputs
 from edge_runtime.builder.quantize import make_variant
 from edge_runtime.builder.ranking import fit_ranking, heldout_top1
 from edge_runtime.features import COLOUR_BINS, COLOUR_WEIGHT, colour_descriptor, compose, head_input
-from edge_runtime.head.fit import FitSettings, cluster_folds, fit_head
+from edge_runtime.head.fit import Calibration, FitSettings, fit_head
 from edge_runtime.head.model import Head
 from edge_runtime.head.prototypes import PrototypeTable
 from edge_runtime.profile import DeviceProfile
@@ -32,7 +34,6 @@ from edge_runtime.types import Precision
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_FOLDS = 4
 EMBED_BATCH = 16
 
 
@@ -128,13 +129,6 @@ def catalogue_colour(decoded: cat.DecodedCatalogue, size: int) -> np.ndarray:
     return np.concatenate([colour_descriptor(decoded.batch(size, index)) for index in chunks])
 
 
-def heldout_split(feats: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-in, held-out) image indices: held-out images are whole clusters of look-alikes, not random
-    siblings of training images."""
-    fold = cluster_folds(feats, labels, HOLDOUT_FOLDS, seed)
-    return np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
-
-
 def choose_colour(
     setting: str,
     feats: np.ndarray,
@@ -178,6 +172,16 @@ class HeadFeatures:
     colour_weight: float
     colour_report: dict[str, Any]  # the colour decision and its evidence, for the manifest's head section
     split: tuple[np.ndarray, np.ndarray]  # (held-in, held-out) image indices every variant is judged on
+    # A fine-tuned build: the same variant made from the calibration model, which every choice is made on
+    # (its split holds out only photos it never trained on), the file it was embedded with, and its holdout.
+    twin: HeadFeatures | None = None
+    twin_model: Path | None = None
+    holdout: HoldoutPlan | None = None
+
+    @property
+    def judged(self) -> HeadFeatures:
+        """The features choices are made on: the calibration twin's when there is one."""
+        return self.twin if self.twin is not None else self
 
 
 def embed_for_head(
@@ -190,20 +194,22 @@ def embed_for_head(
     *,
     reference: HeadFeatures | None = None,
     colour: np.ndarray | None = None,
+    split: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> HeadFeatures:
     """Embed the catalogue with one model variant and compose the head's input.
 
     Without ``reference`` this decides the held-out split and whether the head reads colour, on these
     embeddings (edge-build decides on the fp32 model at the first input size, as edge-check does); with it,
     both decisions are the reference's, so every variant is judged on the same images and the same input.
-    ``colour``: the catalogue's colour descriptors at ``size`` when the caller already has them.
+    ``colour``: the catalogue's colour descriptors at ``size`` when the caller already has them. ``split``: the
+    held-out split to use instead of clusters of these embeddings (a calibration model's unseen photos).
     """
     labels = decoded.labels
     feats = embed_catalogue(model_path, decoded, size, profile.backend.threads, embedding_output)
     if reference is None:
         if colour is None and profile.head.colour != "off":
             colour = catalogue_colour(decoded, size)
-        split = heldout_split(feats, labels, seed)
+        split = split if split is not None else heldout_split(feats, labels, seed)
         n_classes = len(decoded.catalogue.skus)
         weight, report = choose_colour(profile.head.colour, feats, colour, labels, split[0], split[1], n_classes)
     else:
@@ -264,10 +270,23 @@ def fit_catalogue_head(
     """
     if features is None:
         features = embed_for_head(model_path, decoded, size, profile, embedding_output, seed)
+    views, threads = profile.head.augment_views, profile.backend.threads
     aug_emb, aug_source = embed_views(
-        model_path, decoded, size, profile.backend.threads, embedding_output, profile.head.augment_views, seed,
-        features.colour_weight,
-    )  # fmt: skip
+        model_path, decoded, size, threads, embedding_output, views, seed, features.colour_weight
+    )
+    calibration = None
+    if features.twin is not None and features.twin_model is not None and features.holdout is not None:
+        # Every choice on the calibration model's embeddings of what it never saw (head.fit.Calibration).
+        twin_aug, twin_source = embed_views(
+            features.twin_model, decoded, size, threads, embedding_output, views, seed, features.colour_weight
+        )
+        calibration = Calibration(
+            embeddings=features.twin.head_input,
+            unseen=features.holdout.unseen,
+            new_classes=features.holdout.new_classes,
+            augmented=twin_aug,
+            aug_source=twin_source,
+        )
     settings = head_settings(
         profile,
         table_precision=table_precision,
@@ -277,7 +296,28 @@ def fit_catalogue_head(
     )
     log.info("fitting the recognition head (projection, calibration, OOD gate, thresholds)")
     skus = list(decoded.catalogue.skus)
-    head, report = fit_head(features.head_input, decoded.labels, skus, settings, aug_emb, aug_source)
+    head, report = fit_head(
+        features.head_input, decoded.labels, skus, settings, aug_emb, aug_source, calibration=calibration
+    )
     report["colour"] = features.colour_report
     report["activation_clip"] = clip_report
     return FittedHead(head, report, features)
+
+
+def twin_features(
+    twin: CalibrationTwin,
+    model_path: Path,
+    inputs: BuildInputs,
+    profile: DeviceProfile,
+    size: int,
+    seed: int,
+    work: Path,
+) -> HeadFeatures:
+    """The fp32 model at ``size`` (``model_path``) embedded with its calibration twin beside it: what
+    ``fit_catalogue_head`` needs to calibrate a fine-tuned head (edge-check; edge-build does this per variant)."""
+    twin_path = work / f"calibration-fp32-{size}.onnx"
+    onnx.save(make_variant(twin.model, "fp32", size), str(twin_path))
+    output = inputs.embedding_output
+    judged = embed_for_head(twin_path, inputs.decoded, size, profile, output, seed, split=twin.plan.split())
+    shipped = embed_for_head(model_path, inputs.decoded, size, profile, output, seed, reference=judged)
+    return replace(shipped, twin=judged, twin_model=twin_path, holdout=twin.plan)

@@ -40,6 +40,7 @@ def build_manifest(
     model_bytes: bytes,
     clip_report: dict[str, Any],
     default_backbone: bool,
+    finetune_report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a bundle (``bundle.write_bundle`` adds the files' hashes and the signature).
 
@@ -61,6 +62,7 @@ def build_manifest(
             "source": "default EfficientNet-Lite0" if default_backbone else inputs.backbone_path.name,
             "embedding_output": inputs.embedding_output,
             "activation_clip": clip_report,
+            "finetune": finetune_report or {"enabled": False, "why": "not asked"},
         },
         "model": {
             "file": MODEL,

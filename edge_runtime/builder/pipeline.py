@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 
 from edge_runtime.builder.embedding import FittedHead, clip_backbone, fit_catalogue_head
+from edge_runtime.builder.finetune import maybe_finetune
 from edge_runtime.builder.footprint import MIB
+from edge_runtime.builder.holdout import CalibrationTwin
 from edge_runtime.builder.inputs import BuildInputs, default_cache_dir, load_inputs, measurement_plan
 from edge_runtime.builder.manifest import build_manifest, build_report, build_summary
 from edge_runtime.builder.readiness import ReadinessReport, run_readiness, write_report
@@ -97,10 +99,14 @@ def run_build(opts: BuildOptions) -> BuildResult:
     )
     work = opts.out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    # The backbone every variant is made from: [fine-tuned on the catalogue,] activations clipped.
-    backbone, clip_report = prepare_backbone(inputs, profile, opts.seed, work)
+    # The backbone every variant is made from: fine-tuned on the catalogue (with the [train] extra), clipped.
+    prepared = prepare_backbone(
+        inputs, profile, opts.seed, work, default_backbone=opts.model is None, cache_dir=opts.cache_dir
+    )
     plan = measurement_plan(profile)
-    variants = make_variants(backbone, inputs, profile, plan, work, runs=opts.runs, seed=opts.seed)
+    variants = make_variants(
+        prepared.model, inputs, profile, plan, work, runs=opts.runs, seed=opts.seed, twin=prepared.twin
+    )
     chosen = choose_variant(variants)
 
     # The head replaces the ranking table: fitted on every catalogue image with the chosen variant.
@@ -114,7 +120,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
         seed=opts.seed,
         table_precision=chosen.spec.table_precision,
         footprint_mib=chosen.footprint.total_mib,
-        clip_report=clip_report,
+        clip_report=prepared.clip_report,
         features=variants.features[model],
     )
     footprint = shipped_footprint(chosen, fitted, profile)
@@ -140,7 +146,8 @@ def run_build(opts: BuildOptions) -> BuildResult:
         plan,
         readiness,
         model_bytes=model_bytes,
-        clip_report=clip_report,
+        clip_report=prepared.clip_report,
+        finetune_report=prepared.finetune_report,
         default_backbone=opts.model is None,
     )
     members = {
@@ -165,28 +172,53 @@ def labels_doc(skus: list[SkuInfo]) -> list[dict[str, Any]]:
     return [{"index": i, "sku": s.code, "name": s.name, "group": s.group} for i, s in enumerate(skus)]
 
 
-def prepare_backbone(
-    inputs: BuildInputs, profile: DeviceProfile, seed: int, work: Path
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The backbone every variant is made from, and the activation clip's record for the manifest.
+@dataclass(frozen=True)
+class PreparedBackbone:
+    """What every variant is made from, and the records of how it got there."""
 
-    edge-build and edge-check both start from this: what happens to the backbone before it is quantised
-    (clipping its pooled head activations at the profile's percentile of the catalogue's) happens here.
+    model: onnx.ModelProto  # fine-tuned (when it ran) and clipped
+    clip_report: dict[str, Any]
+    finetune_report: dict[str, Any]
+    twin: CalibrationTwin | None = None  # a fine-tuned build's calibration model, clipped the same way
+
+
+def prepare_backbone(
+    inputs: BuildInputs,
+    profile: DeviceProfile,
+    seed: int,
+    work: Path,
+    *,
+    default_backbone: bool,
+    cache_dir: Path,
+) -> PreparedBackbone:
+    """The backbone every variant is made from: fine-tuned on the catalogue when the profile and the host allow
+    it (``finetune.maybe_finetune``), then its pooled head activations clipped at the profile's percentile of
+    the catalogue's. edge-build and edge-check both start from this, so both judge the model that ships.
     """
     b = profile.backend
-    backbone = inputs.backbone
-    # The fine-tuning step on the catalogue (builder/train/, optional) takes and returns the backbone here,
-    # so that edge-build and edge-check both judge the fine-tuned model.
-    return clip_backbone(
-        backbone,
-        inputs.embedding_output,
-        profile.head.activation_clip_percentile,
-        inputs.decoded,
-        b.input_sizes[0],
-        inputs.calibration_index(b.calibration_images, seed),
-        b.threads,
-        work,
+    finetuned, finetune_report = maybe_finetune(
+        inputs, profile, default_backbone=default_backbone, seed=seed, cache_dir=cache_dir, work=work
     )
+    backbone = finetuned.backbone if finetuned is not None else inputs.backbone
+
+    def clip(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return clip_backbone(
+            model,
+            inputs.embedding_output,
+            profile.head.activation_clip_percentile,
+            inputs.decoded,
+            b.input_sizes[0],
+            inputs.calibration_index(b.calibration_images, seed),
+            b.threads,
+            work,
+        )
+
+    model, clip_report = clip(backbone)
+    twin = None
+    if finetuned is not None:
+        # The calibration model is clipped at its own catalogue percentile, as the shipped one is at its own.
+        twin = CalibrationTwin(clip(finetuned.calibration)[0], finetuned.plan)
+    return PreparedBackbone(model, clip_report, finetune_report, twin)
 
 
 def shipped_footprint(chosen: Candidate, fitted: FittedHead, profile: DeviceProfile) -> Footprint:
@@ -221,7 +253,7 @@ def check_readiness(
         previous = load_bundle(previous_bundle).manifest
     log.info("running the readiness checklist")
     report = run_readiness(
-        embeddings=fitted.features.head_input,
+        embeddings=fitted.features.judged.head_input,  # a fine-tuned build: its calibration model's
         labels=labels,
         skus=skus,
         head=fitted.head,

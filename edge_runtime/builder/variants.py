@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import onnx
 from edge_runtime.builder.choose import choose, violations
 from edge_runtime.builder.embedding import HeadFeatures, catalogue_colour, embed_for_head
 from edge_runtime.builder.footprint import MIB
+from edge_runtime.builder.holdout import CalibrationTwin
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
 from edge_runtime.builder.quantize import Int8Scheme, int8_scheme_for, make_variant
 from edge_runtime.builder.ranking import fit_ranking, heldout_top1
@@ -49,11 +50,15 @@ def make_variants(
     *,
     runs: int,
     seed: int,
+    twin: CalibrationTwin | None = None,
 ) -> VariantSet:
     """Make, embed and measure every variant the profile allows; the model files are written under ``work``.
 
     fp32 comes first at every input size, as the reference the other precisions are compared with; the first
-    fp32 embedding also decides the held-out split and the colour descriptor for every variant.
+    fp32 embedding also decides the held-out split and the colour descriptor for every variant. With a
+    fine-tuned backbone's calibration ``twin``, each variant is also made from the twin (same precision, size
+    and int8 calibration images) and ranked on the twin's embeddings of the photos it never trained on: the
+    shipped model has trained on every catalogue photo, so none is held out for it.
     """
     b = profile.backend
     decoded, labels, n_classes = inputs.decoded, inputs.labels, len(inputs.skus)
@@ -76,9 +81,20 @@ def make_variants(
             calibration = decoded.batch(size, calib_idx) if precision == "int8" else None
             path = work / f"model-{variant.name}.onnx"
             onnx.save(make_variant(backbone, precision, size, calibration, scheme), str(path))
+            twin_feats, twin_path = None, None
+            if twin is not None:
+                twin_path = work / f"calibration-{variant.name}.onnx"
+                onnx.save(make_variant(twin.model, precision, size, calibration, scheme), str(twin_path))
+                twin_feats = embed_for_head(
+                    twin_path, decoded, size, profile, inputs.embedding_output, seed, reference=decisions,
+                    colour=colour, split=twin.plan.split(),
+                )  # fmt: skip
+                decisions = decisions or twin_feats
             feats = embed_for_head(
                 path, decoded, size, profile, inputs.embedding_output, seed, reference=decisions, colour=colour
             )
+            if twin is not None:
+                feats = replace(feats, twin=twin_feats, twin_model=twin_path, holdout=twin.plan)
             log.info("variant %s: embedded %d images in %.1f s", variant.name, len(labels), time.perf_counter() - t0)
             if decisions is None:
                 decisions = feats
@@ -122,18 +138,20 @@ def measure_variant(
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
     measurement = plan.measure(path, variant.input_size, runs=runs, embedding_output=embedding_output)
-    train_idx, eval_idx = features.split
-    # Quantisation is judged on the embeddings alone; ranking on what the head will read.
+    # Quantisation is judged on the embeddings alone; ranking on what the head will read, as the model that
+    # makes the choices embeds it (the calibration twin of a fine-tuned build).
     cos = np.sum(l2_normalise(features.embeddings) * l2_normalise(fp32.embeddings), axis=1)
-    proj, centroids = fit_ranking(features.head_input, labels, train_idx, n_classes)
-    ref_proj, ref_cents = fit_ranking(fp32.head_input, labels, train_idx, n_classes)
+    judged, ref = features.judged, fp32.judged
+    train_idx, eval_idx = judged.split
+    proj, centroids = fit_ranking(judged.head_input, labels, train_idx, n_classes)
+    ref_proj, ref_cents = fit_ranking(ref.head_input, labels, train_idx, n_classes)
     _, ref_pred = heldout_top1(
-        PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(fp32.head_input[eval_idx]), labels[eval_idx]
+        PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(ref.head_input[eval_idx]), labels[eval_idx]
     )
     out = []
     for tp in b.table_precisions:
         table = PrototypeTable.from_float(centroids, tp)
-        top1, pred = heldout_top1(table, proj.apply(features.head_input[eval_idx]), labels[eval_idx])
+        top1, pred = heldout_top1(table, proj.apply(judged.head_input[eval_idx]), labels[eval_idx])
         accuracy = Accuracy(
             top1=top1,
             n_eval=len(eval_idx),

@@ -159,6 +159,7 @@ class AcceptRule:
     crossfit_precision_lower: float  # the one-sided lower confidence bound the choice was made on
     crossfit_known_accepted: float
     confidence: float
+    met: bool = True  # False: no rule reached the target at the bound, so nothing is auto-accepted
 
 
 def fit_accept_rule(
@@ -196,7 +197,8 @@ def fit_accept_rule(
     the estimate itself: catalogue photos flatter the head, and on grocery store photos the build's point
     estimate (0.988-0.994) fell to 0.971 on an independent check. The bound counts the accepted rows by their
     effective number (new products weigh less than one row each) and once per repeat, since every row is
-    measured once in each repeat. ``confidence`` 0 chooses on the point estimate.
+    measured once in each repeat. ``confidence`` 0 chooses on the point estimate. When no rule reaches the target,
+    the rule auto-accepts nothing (``met`` False): the figures of the best candidate are still reported.
     """
     slack = 1.0 - target
     # The class thresholds' own target: at or above the promise, since a threshold fitted at exactly the target
@@ -247,8 +249,12 @@ def fit_accept_rule(
             if best is None or key > best[0]:
                 best = (key, row)
     assert best is not None
-    chosen = best[1]
+    met, chosen = best[0][0], best[1]
     thr, limit = fit(np.ones(len(pred), dtype=bool), chosen["internal_target"], chosen["gate_keep"], min_support)
+    if not met:
+        # No rule keeps the promise on rows it never saw: nothing is auto-accepted (everything confident goes to
+        # verify) rather than accepting at a precision the profile did not ask for. The report says so.
+        thr = Thresholds(values=np.full(len(thr.values), NEVER), levels=thr.levels, support=thr.support)
     return AcceptRule(
         thresholds=thr,
         ood_margin=limit,
@@ -257,6 +263,7 @@ def fit_accept_rule(
         table=table,
         crossfit_precision=chosen["crossfit_precision"],
         crossfit_precision_lower=chosen["crossfit_precision_lower"],
-        crossfit_known_accepted=chosen["crossfit_known_accepted"],
+        crossfit_known_accepted=chosen["crossfit_known_accepted"] if met else 0.0,
         confidence=confidence,
+        met=met,
     )

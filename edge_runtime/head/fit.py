@@ -380,6 +380,7 @@ def _accept_rule(
         "accepted_precision_crossfit": rule.crossfit_precision,
         "accepted_precision_crossfit_lower": rule.crossfit_precision_lower,
         "accept_confidence": rule.confidence,
+        "accept_rule_met": rule.met,
         "known_auto_accepted_crossfit": rule.crossfit_known_accepted,
         "crossfit_table": rule.table,
         "threshold_levels": {lvl: thr.levels.count(lvl) for lvl in ("class", "group", "global")},

@@ -1,0 +1,158 @@
+"""The fine-tuning step of a build: whether it runs, on what, and what it hands on (no torch here).
+
+With the ``[train]`` extra installed (torch, packaging host only) and ``[train] enabled`` on or ``auto``, the
+default backbone's last stages are fine-tuned on the catalogue (``builder.train``), twice: a calibration model
+that never sees a share of the SKUs and one look-alike cluster of every other SKU, and the model that ships.
+Both leave as ONNX with the project's own exporter, so everything after this step (activation clip, variants,
+head, readiness, bundle) is the frozen path's code on other weights. Without torch the build goes on with the
+frozen backbone and says in one line which extra would fine-tune; a profile that requires fine-tuning fails
+instead (exit 2). Custom ``--model`` backbones are never fine-tuned (only the default has a torch twin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edge_runtime.builder.backbone import build_efficientnet_lite0, default_checkpoint_path, read_legacy_checkpoint
+from edge_runtime.builder.embedding import embed_catalogue
+from edge_runtime.builder.holdout import HoldoutPlan, holdout_plan
+from edge_runtime.builder.inputs import BuildInputs
+from edge_runtime.builder.quantize import make_variant
+from edge_runtime.bundle import sha256_file
+from edge_runtime.errors import UsageError
+from edge_runtime.profile import DeviceProfile, Train
+
+log = logging.getLogger(__name__)
+
+TRAIN_EXTRA_HINT = "pip install 'edge_runtime[train]' (torch, on the packaging host only)"
+
+
+@dataclass(frozen=True)
+class Finetuned:
+    """The fine-tuned backbone that ships, its calibration twin, what the twin never saw, and the record."""
+
+    backbone: onnx.ModelProto
+    calibration: onnx.ModelProto
+    plan: HoldoutPlan
+    report: dict[str, Any]
+
+
+def torch_available() -> bool:
+    """Whether the ``[train]`` extra's torch is importable (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def should_finetune(train: Train, default_backbone: bool) -> tuple[bool, str]:
+    """(fine-tune?, why) for a profile's ``[train]`` table; ``UsageError`` when it is required but impossible."""
+    if train.enabled is False:
+        return False, "off in the profile ([train] enabled = false)"
+    if not default_backbone:
+        if train.enabled is True:
+            raise UsageError(
+                "the profile requires fine-tuning ([train] enabled = true), which needs the default backbone",
+                hint='drop --model, or set [train] enabled = "auto" or false',
+            )
+        return False, "a custom --model backbone is used as it is (only the default backbone is fine-tuned)"
+    if not torch_available():
+        if train.enabled is True:
+            raise UsageError(
+                "the profile requires fine-tuning ([train] enabled = true) but torch is not installed",
+                hint=TRAIN_EXTRA_HINT,
+            )
+        return False, f"torch is not installed: {TRAIN_EXTRA_HINT} fine-tunes the backbone on the catalogue"
+    return True, "on" if train.enabled is True else "auto: torch is installed"
+
+
+def catalogue_digest(inputs: BuildInputs) -> str:
+    """sha256 over every kept image's bytes and its SKU: the catalogue part of the fine-tune cache key."""
+    digest = hashlib.sha256()
+    for item in inputs.decoded.catalogue.items:
+        digest.update(f"{item.sku}\0{sha256_file(item.image)}\n".encode())
+    return digest.hexdigest()
+
+
+def maybe_finetune(
+    inputs: BuildInputs,
+    profile: DeviceProfile,
+    *,
+    default_backbone: bool,
+    seed: int,
+    cache_dir: Path,
+    work: Path,
+) -> tuple[Finetuned | None, dict[str, Any]]:
+    """Fine-tune when the profile and the host allow it: (the models, or None, and the manifest's record)."""
+    train = profile.train
+    run, why = should_finetune(train, default_backbone)
+    if not run:
+        log.info("fine-tuning: %s", why)
+        return None, {"enabled": False, "why": why}
+    # Imported here: the train room needs torch, which the frozen path never loads.
+    from edge_runtime.builder.train.pipeline import train_pair
+    from edge_runtime.builder.train.recipe import Recipe
+
+    size = profile.backend.input_sizes[0]
+    recipe = Recipe(
+        first_trained_stage=train.first_trained_stage,
+        views=train.views,
+        epochs=train.epochs,
+        batch=train.batch_size,
+        lr=train.learning_rate,
+        weight_decay=train.weight_decay,
+        label_smoothing=train.label_smoothing,
+        batch_norm=train.batch_norm,
+        seed=seed,
+    )
+    n_classes = len(inputs.skus)
+    frozen_path = work / f"model-frozen-{size}.onnx"
+    onnx.save(make_variant(inputs.backbone, "fp32", size), str(frozen_path))
+    frozen = embed_catalogue(frozen_path, inputs.decoded, size, profile.backend.threads, inputs.embedding_output)
+    plan = holdout_plan(frozen, inputs.labels, n_classes, train.calibration_holdout, seed)
+    key = hashlib.sha256(
+        "\n".join(
+            [catalogue_digest(inputs), sha256_file(inputs.backbone_path), recipe.digest(), plan.digest(), str(size)]
+        ).encode()
+    ).hexdigest()[:24]
+    checkpoint = read_legacy_checkpoint(default_checkpoint_path())
+    pair = train_pair(
+        checkpoint,
+        inputs.backbone,
+        [item.image for item in inputs.decoded.catalogue.items],
+        inputs.decoded.pixels[size],
+        inputs.labels,
+        n_classes,
+        plan,
+        recipe,
+        size=size,
+        device=train.device,
+        threads=profile.backend.threads,
+        cache_path=cache_dir / "finetune" / key,
+    )
+    record: dict[str, Any] = {
+        "enabled": True,
+        "why": why,
+        "recipe": recipe.as_dict(),
+        "recipe_sha256": recipe.digest(),
+        "cache_key": key,
+        "input_size": size,
+        "calibration_holdout": {
+            "skus": [inputs.skus[i].code for i in plan.new_classes],
+            "unseen_photos": int(plan.unseen.sum()),
+        },
+        **pair.record,
+    }
+    return (
+        Finetuned(
+            backbone=build_efficientnet_lite0(pair.shipped, size),
+            calibration=build_efficientnet_lite0(pair.calibration, size),
+            plan=plan,
+            report=record,
+        ),
+        record,
+    )

@@ -148,6 +148,9 @@ def main() -> int:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--batch-norm", choices=["frozen", "train"], default="frozen")
     p.add_argument("--head-lr-scale", type=float, default=1.0)
+    p.add_argument("--objective", choices=["softmax", "cosface"], default="softmax")
+    p.add_argument("--cos-scale", type=float, default=16.0)
+    p.add_argument("--cos-margin", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per fold here")
     p.add_argument("--tag", default="")
     args = p.parse_args()
@@ -180,7 +183,8 @@ def main() -> int:
     recipe = Recipe(
         first_trained_stage=args.first_stage, views=args.views, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
-        batch_norm=args.batch_norm, head_lr_scale=args.head_lr_scale,
+        batch_norm=args.batch_norm, head_lr_scale=args.head_lr_scale, objective=args.objective,
+        cos_scale=args.cos_scale, cos_margin=args.cos_margin,
     )  # fmt: skip
     # Colour for every cached row: the evaluation crop's own colour for view 0; random views carry their
     # source photo's colour (close enough for ranking recipes; the build computes it per view).

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from edge_runtime.builder.embedding import fit_catalogue_head, twin_features
+from edge_runtime.builder.finetune import should_finetune
 from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.inputs import default_cache_dir, load_inputs, measurement_plan
 from edge_runtime.builder.pipeline import prepare_backbone
@@ -48,6 +49,7 @@ def run_check(
     writes the JSON and markdown only. Returns the report; failing checks are in it, not raised.
     """
     prof = load_profile(profile)
+    should_finetune(prof.train, default_backbone=model is None)  # a required fine-tune fails before any work
     b = prof.backend
     if history is not None:
         read_history(history)  # a bad history fails now, not after minutes of embedding

@@ -46,7 +46,10 @@ class Finetuned:
 
 def torch_available() -> bool:
     """Whether the ``[train]`` extra's torch is importable (checked without importing it)."""
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook that refuses torch, or a broken half-installed one
+        return False
 
 
 def should_finetune(train: Train, default_backbone: bool) -> tuple[bool, str]:

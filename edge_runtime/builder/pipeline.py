@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edge_runtime.builder.embedding import FittedHead, clip_backbone, fit_catalogue_head
-from edge_runtime.builder.finetune import maybe_finetune
+from edge_runtime.builder.finetune import maybe_finetune, should_finetune
 from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.holdout import CalibrationTwin
 from edge_runtime.builder.inputs import BuildInputs, default_cache_dir, load_inputs, measurement_plan
@@ -89,6 +89,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
     """
     t_start = time.perf_counter()
     profile = load_profile(opts.profile)
+    should_finetune(profile.train, default_backbone=opts.model is None)  # a required fine-tune fails before any work
     inputs = load_inputs(
         profile,
         catalogue=opts.catalogue,

@@ -143,6 +143,23 @@ class Progress:
             log.info("%s", text)
 
 
+class CosineClassifier(nn.Module):
+    """Cosine logits on the multi-layer embedding, with an additive margin for the true class (CosFace: Wang et
+    al., CVPR 2018). The head that ships scores cosines to class means of that very embedding, so this objective
+    shapes the geometry the head reads, where a linear classifier on the pooled features shapes only its part."""
+
+    def __init__(self, centroids: torch.Tensor, scale: float, margin: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(centroids.clone())
+        self.scale, self.margin = scale, margin
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.normalize(embedding, dim=1) @ F.normalize(self.weight, dim=1).T
+        if labels is not None and self.margin > 0:
+            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+        return self.scale * cos
+
+
 def finetune(
     model: Lite0,
     cache: ViewCache,
@@ -155,8 +172,10 @@ def finetune(
 ) -> TrainLog:
     """Linear probe, then fine-tune stages ``recipe.first_trained_stage``.. on the views of ``train_images``.
 
-    ``heldout_images`` (catalogue indices, never trained on) are scored after every epoch for the progress line;
-    nothing is chosen by them.
+    ``recipe.objective``: ``softmax`` trains the linear classifier on the pooled features (the probe is its
+    start); ``cosface`` trains a cosine classifier on the multi-layer embedding, started at the frozen model's
+    class means (the linear probe still sets the exported ``logits``). ``heldout_images`` (catalogue indices,
+    never trained on) are scored after every epoch for the progress line; nothing is chosen by them.
     """
     device = device or pick_device()
     torch.manual_seed(recipe.seed)
@@ -171,21 +190,29 @@ def finetune(
 
     # 1. linear probe on the frozen model's pooled features of every training view
     train_rows = cache.rows(train_images)
-    probe_rows = train_rows
-    pooled = forward_rows(model, cache, probe_rows, first, device)["embedding"]
-    weight, bias = linear_probe(pooled, cache.labels[probe_rows], n_classes, recipe.probe_weight_decay, device)
+    frozen = forward_rows(model, cache, train_rows, first, device)
+    y_rows = cache.labels[train_rows]
+    weight, bias = linear_probe(frozen["embedding"], y_rows, n_classes, recipe.probe_weight_decay, device)
     with torch.no_grad():
         model.classifier.weight.copy_(weight)
         model.classifier.bias.copy_(bias)
+    cosine: CosineClassifier | None = None
+    if recipe.objective == "cosface":
+        sums = np.zeros((n_classes, frozen["embedding_multi"].shape[1]), np.float64)
+        np.add.at(sums, y_rows, frozen["embedding_multi"])
+        centroids = torch.from_numpy(sums / np.maximum(1, np.bincount(y_rows, minlength=n_classes))[:, None])
+        cosine = CosineClassifier(centroids.float(), recipe.cos_scale, recipe.cos_margin).to(device)
     held_rows = cache.rows(heldout_images, plain=True) if heldout_images is not None else np.zeros(0, np.int64)
     if len(held_rows):
-        result.probe_top1 = _accuracy(model, cache, held_rows, first, device)
-        log.info("linear probe: held-out top-1 %.1f%%", 100 * result.probe_top1)
+        result.probe_top1 = _accuracy(model, cosine, cache, held_rows, first, device)
+        log.info("start (linear probe or class means): held-out top-1 %.1f%%", 100 * result.probe_top1)
 
     # 2. fine-tune: one random view (or the evaluation crop) of every training image per epoch
     params = trained_parameters(model, first)
-    head_params = list(model.classifier.parameters())
-    body_params = [p for p in params if all(p is not q for q in head_params)]
+    head_params = list(cosine.parameters()) if cosine is not None else list(model.classifier.parameters())
+    if cosine is not None:
+        model.classifier.requires_grad_(False)  # the exported logits stay the probe's
+    body_params = [p for p in params if all(p is not q for q in head_params) and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": body_params, "lr": recipe.lr}, {"params": head_params, "lr": recipe.lr * recipe.head_lr_scale}],
         weight_decay=recipe.weight_decay,
@@ -212,8 +239,10 @@ def finetune(
             x = torch.from_numpy(cache.features[rows].astype(np.float32)).to(device)
             y = torch.from_numpy(cache.labels[rows]).to(device)
             out = model.features_from(x, first)
-            pooled_t = F.dropout(out["embedding"], recipe.dropout, training=True)
-            logits = model.classifier(pooled_t)
+            if cosine is not None:
+                logits = cosine(out["embedding_multi"], y)
+            else:
+                logits = model.classifier(F.dropout(out["embedding"], recipe.dropout, training=True))
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,7 +251,7 @@ def finetune(
             losses += float(loss.detach()) * len(rows)
             hits += int((logits.argmax(1) == y).sum())
             seen += len(rows)
-        held = _accuracy(model, cache, held_rows, first, device) if len(held_rows) else None
+        held = _accuracy(model, cosine, cache, held_rows, first, device) if len(held_rows) else None
         row = {"epoch": epoch + 1, "loss": round(losses / seen, 4), "train_top1": round(hits / seen, 4)}
         if held is not None:
             row["heldout_top1"] = round(held, 4)
@@ -235,6 +264,18 @@ def finetune(
     return result
 
 
-def _accuracy(model: Lite0, cache: ViewCache, rows: np.ndarray, first: int, device: torch.device) -> float:
-    logits = forward_rows(model, cache, rows, first, device)["logits"]
+def _accuracy(
+    model: Lite0,
+    cosine: CosineClassifier | None,
+    cache: ViewCache,
+    rows: np.ndarray,
+    first: int,
+    device: torch.device,
+) -> float:
+    out = forward_rows(model, cache, rows, first, device)
+    if cosine is None:
+        logits = out["logits"]
+    else:
+        with torch.no_grad():
+            logits = cosine(torch.from_numpy(out["embedding_multi"]).to(device)).cpu().numpy()
     return float((logits.argmax(1) == cache.labels[rows]).mean())

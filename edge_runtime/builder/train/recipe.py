@@ -26,6 +26,9 @@ class Recipe:
     dropout: float = 0.2  # before the classifier, as EfficientNet-Lite was trained
     warmup_epochs: float = 1.0
     batch_norm: Literal["frozen", "train"] = "frozen"
+    objective: Literal["softmax", "cosface"] = "softmax"
+    cos_scale: float = 16.0  # cosface: logit scale (an inverse temperature)
+    cos_margin: float = 0.1  # cosface: additive margin on the true class's cosine
     probe_weight_decay: float = 1e-4
     seed: int = 0
     augment: Augment = field(default_factory=Augment)

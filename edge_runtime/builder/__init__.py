@@ -5,7 +5,9 @@ The build reads top to bottom in ``pipeline.run_build``; each step lives in its 
 - ``inputs``: the catalogue (``catalogue``: folder tree or CSV, decoded once per input size), the backbone
   (``backbone``: the default EfficientNet-Lite0 exported without PyTorch, or ``--model``) and how variants are
   measured on this host;
-- ``train/``: fine-tuning the backbone on the catalogue (optional, torch);
+- ``finetune``: whether and how the backbone is fine-tuned (no torch), ``train/``: the fine-tuning itself (the
+  ``[train]`` extra: torch, packaging host only), ``holdout``: the photos and SKUs held out of training and
+  ranking;
 - ``embedding``: the activation clip, the catalogue's embeddings (+ colour, + augmented views from ``augment``)
   and the recognition head fitted on them: the one path edge-build and edge-check both take;
 - ``variants``: every precision x input size (``quantize``), measured in a fresh process (``footprint``, whose

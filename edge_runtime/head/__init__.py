@@ -1,1 +1,3 @@
-"""The recognition head: prototype tables and the decisions made from their scores (numpy only)."""
+"""The recognition head (numpy only): prototype tables, projection, calibration, OOD scores and routing at run time
+(``model``, ``prototypes``, ``projection``, ``calibration``, ``ood``, ``routing``), and its fitting at build time
+(``fit``, with ``folds``, ``selection`` and ``simulate``)."""

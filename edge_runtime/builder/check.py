@@ -83,7 +83,6 @@ def run_check(
             clip_report=prepared.clip_report,
             features=features,
         )
-        fitted.report["finetune"] = prepared.finetune_report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -115,6 +114,7 @@ def run_check(
         history=history,
         seed=seed,
         footprint_parts=parts,
+        finetune=prepared.finetune_report,
     )
     write_report(report, out, plots=plots)
     return report

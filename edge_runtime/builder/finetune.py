@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edge_runtime.builder.backbone import build_efficientnet_lite0, default_checkpoint_path, read_legacy_checkpoint
@@ -25,8 +26,10 @@ from edge_runtime.builder.embedding import embed_catalogue
 from edge_runtime.builder.holdout import HoldoutPlan, holdout_plan
 from edge_runtime.builder.inputs import BuildInputs
 from edge_runtime.builder.quantize import make_variant
+from edge_runtime.builder.ranking import fit_ranking
 from edge_runtime.bundle import sha256_file
 from edge_runtime.errors import UsageError
+from edge_runtime.head.ood import detection_at_keep
 from edge_runtime.profile import DeviceProfile, Train
 
 log = logging.getLogger(__name__)
@@ -150,12 +153,68 @@ def maybe_finetune(
         },
         **pair.record,
     }
-    return (
-        Finetuned(
-            backbone=build_efficientnet_lite0(pair.shipped, size),
-            calibration=build_efficientnet_lite0(pair.calibration, size),
-            plan=plan,
-            report=record,
-        ),
-        record,
-    )
+    calibration = build_efficientnet_lite0(pair.calibration, size)
+    tuned_path = work / f"calibration-check-{size}.onnx"
+    onnx.save(calibration, str(tuned_path))
+    tuned = embed_catalogue(tuned_path, inputs.decoded, size, profile.backend.threads, inputs.embedding_output)
+    record["heldout"] = {
+        "frozen": holdout_figures(frozen, inputs.labels, plan, profile.routing.ood_keep),
+        "finetuned": holdout_figures(tuned, inputs.labels, plan, profile.routing.ood_keep),
+        "rule": "the calibration model against the frozen backbone on the same held-out photos and SKUs",
+    }
+    f, t = record["heldout"]["frozen"], record["heldout"]["finetuned"]
+    log.info(
+        "fine-tuning on held-out photos: top-1 %.1f%% -> %.1f%%, new products caught %.1f%% -> %.1f%%",
+        100 * f["top1"], 100 * t["top1"], 100 * f["ood_detection"], 100 * t["ood_detection"],
+    )  # fmt: skip
+    if t["top1"] < f["top1"] and t["ood_detection"] < f["ood_detection"] and train.enabled is not True:
+        # Worse at both jobs on photos it never saw: the frozen backbone ships (a tiny or odd catalogue).
+        record["kept"] = False
+        record["why_not_kept"] = "worse than the frozen backbone on held-out top-1 and new-product detection"
+        log.warning("fine-tuning: %s; the frozen backbone is used", record["why_not_kept"])
+        return None, record
+    record["kept"] = True
+    finetuned = Finetuned(build_efficientnet_lite0(pair.shipped, size), calibration, plan, record)
+    return finetuned, record
+
+
+def holdout_figures(emb: np.ndarray, labels: np.ndarray, plan: HoldoutPlan, keep: float) -> dict[str, float]:
+    """Held-out top-1 (the variants' ranking measure: shrinkage LDA, nearest class mean, fitted on the photos
+    the calibration model trained on) and new-product detection at ``keep`` known retention (max cosine)."""
+    trained = ~plan.unseen & ~np.isin(labels, plan.new_classes)
+    known = np.setdiff1d(np.unique(labels), plan.new_classes)
+    compact = np.full(int(labels.max()) + 1, -1)
+    compact[known] = np.arange(len(known))
+    proj, cents = fit_ranking(emb, compact[labels], np.flatnonzero(trained), len(known))
+    unseen = np.flatnonzero(plan.unseen)
+    new = np.flatnonzero(np.isin(labels, plan.new_classes))
+    ck = proj.apply(emb[unseen]) @ cents.T
+    cu = proj.apply(emb[new]) @ cents.T
+    top1 = float(np.mean(ck.argmax(1) == compact[labels[unseen]])) if len(unseen) else float("nan")
+    detection, _ = detection_at_keep(-ck.max(1), -cu.max(1), keep) if len(unseen) else (float("nan"), 0.0)
+    return {"top1": round(top1, 4), "ood_detection": round(detection, 4), "photos": len(unseen), "new": len(new)}
+
+
+def finetune_lines(ft: dict[str, Any]) -> list[str]:
+    """The fine-tuning record as report lines (build report and readiness report)."""
+    if not ft.get("enabled"):
+        return [f"- not fine-tuned: {ft.get('why', 'not asked')}"]
+    r = ft["recipe"]
+    lines = [
+        f"- recipe {ft['recipe_sha256'][:12]}: stages {r['first_trained_stage']}.. trained, {r['epochs']} epochs, "
+        f"{r['views']} views per photo, {r['objective']} objective, AdamW lr {r['lr']}, label smoothing "
+        f"{r['label_smoothing']}, batch norm {r['batch_norm']}",
+        f"- on {ft.get('device', '?')} in {ft.get('seconds', 0):.0f} s (cache {ft.get('cache', '?')}); a calibration "
+        f"model without {len(ft['calibration_holdout']['skus'])} SKUs and {ft['calibration_holdout']['unseen_photos']}"
+        " photos of the others makes the head's choices",
+    ]
+    held = ft.get("heldout")
+    if held:
+        f, t = held["frozen"], held["finetuned"]
+        lines.append(
+            f"- on those held-out photos: top-1 {f['top1']:.1%} frozen, {t['top1']:.1%} fine-tuned; new products "
+            f"caught at 95 % known kept {f['ood_detection']:.1%} frozen, {t['ood_detection']:.1%} fine-tuned"
+        )
+    if ft.get("kept") is False:
+        lines.append(f"- **not kept**: {ft.get('why_not_kept')}; the frozen backbone ships")
+    return lines

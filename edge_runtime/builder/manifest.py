@@ -18,6 +18,7 @@ import onnx
 from edge_runtime import __version__
 from edge_runtime.builder.choose import format_table
 from edge_runtime.builder.embedding import FittedHead
+from edge_runtime.builder.finetune import finetune_lines
 from edge_runtime.builder.footprint import MIB, regions_per_frame, tensor_queue_bytes
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
 from edge_runtime.builder.readiness import ReadinessReport
@@ -140,6 +141,10 @@ def build_report(profile: DeviceProfile, manifest: dict[str, Any], variants: Var
         f"- held-out top-1 (nearest centroid): {m['accuracy']['top1_heldout']:.1%} on {m['accuracy']['n_eval']} images",
         f"- measured with {m['measurement']['backend']} on {m['measurement']['host']}"
         + (f" — host estimate: {m['measurement']['why_estimate']}" if m["measurement"]["host_estimate"] else ""),
+        "",
+        "## Fine-tuning",
+        "",
+        *finetune_lines(m["backbone"].get("finetune", {})),
         "",
         "## Recognition head",
         "",

@@ -135,6 +135,7 @@ def run_build(opts: BuildOptions) -> BuildResult:
         previous_bundle=opts.previous_bundle,
         seed=opts.seed,
         strict=opts.strict,
+        finetune=prepared.finetune_report,
     )
     model_bytes = variants.files[model].read_bytes()
     manifest = build_manifest(
@@ -246,6 +247,7 @@ def check_readiness(
     previous_bundle: Path | None,
     seed: int,
     strict: bool,
+    finetune: dict[str, Any] | None = None,
 ) -> ReadinessReport:
     """The seven-check readiness checklist on the fitted head; under ``strict`` a failing check stops the build
     before any bundle is written. ``history`` (CSV) or ``previous_bundle``'s manifest give the change rate."""
@@ -265,6 +267,7 @@ def check_readiness(
         history=history,
         previous_manifest=previous,
         seed=seed,
+        finetune=finetune,
     )
     for check in report.checks:
         log.info("  readiness %s %-28s %s", check.status.upper(), check.name, check.detail[:100])

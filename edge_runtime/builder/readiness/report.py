@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_runtime.builder.finetune import finetune_lines
+from edge_runtime.builder.readiness.checks import Check
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from edge_runtime.builder.readiness.checks import Check
     from edge_runtime.builder.readiness.run import ReadinessReport
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,9 @@ def render_markdown(report: ReadinessReport, plots: dict[str, str]) -> str:
         "",
         f"**Overall: {report.overall.upper()}** — {report.n_skus} SKUs, {report.n_images} catalogue images; "
         f"{len(report.failed)} failed, {len(report.warned)} warned. Created {report.created}.",
+        "",
+        "Backbone:",
+        *finetune_lines(report.finetune or {"why": "not recorded"}),
         "",
         "| # | check | status | value | threshold |",
         "|---|---|---|---|---|",

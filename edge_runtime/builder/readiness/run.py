@@ -61,6 +61,7 @@ class ReadinessReport:
     profile: str
     n_skus: int
     n_images: int
+    finetune: dict[str, Any] | None = None  # the fine-tuning record: which backbone the checks judged
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -95,6 +96,7 @@ class ReadinessReport:
                 "created": self.created,
                 "profile": self.profile,
                 "catalogue": {"skus": self.n_skus, "images": self.n_images},
+                "finetune": self.finetune,
                 "warn_margin": WARN_MARGIN,
                 "checks": [c.to_json() for c in self.checks],
                 "combined_warning": self.combined_warning,
@@ -156,10 +158,12 @@ def run_readiness(
     scale_curve: bool = True,
     seed: int = 0,
     footprint_parts: dict[str, float] | None = None,
+    finetune: dict[str, Any] | None = None,
 ) -> ReadinessReport:
     """Run the seven checks on what the build computed; ``embeddings`` are the raw backbone embeddings the head
     was fitted on. ``history`` (CSV) wins over ``previous_manifest`` when both are given. ``footprint_parts``
-    (MiB by part, optional) only feeds the footprint plot."""
+    (MiB by part, optional) only feeds the footprint plot; ``finetune`` is the build's fine-tuning record (with a
+    fine-tuned backbone every figure comes from its calibration model, on what that model never saw)."""
     rd = profile.readiness
     labels = np.asarray(labels)
     codes = [s.code for s in skus]
@@ -219,6 +223,7 @@ def run_readiness(
         profile=profile.name,
         n_skus=n_classes,
         n_images=len(labels),
+        finetune=finetune,
     )
     log.info("readiness: %s (%s)", report.overall, ", ".join(f"{c.id} {c.status}" for c in checks))
     return report

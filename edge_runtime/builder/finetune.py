@@ -113,6 +113,7 @@ def maybe_finetune(
         weight_decay=train.weight_decay,
         label_smoothing=train.label_smoothing,
         batch_norm=train.batch_norm,
+        objective=train.objective,
         seed=seed,
     )
     n_classes = len(inputs.skus)

@@ -385,6 +385,14 @@ class Train(BaseModel):
         default="frozen",
         description="frozen = keep the pretrained batch-norm statistics (stable on small catalogues); train = update.",
     )
+    objective: Literal["softmax", "cosface"] = Field(
+        default="softmax",
+        description=(
+            "softmax = cross-entropy on a linear classifier of the pooled features (after a linear probe);"
+            " cosface = cross-entropy on cosines of the multi-layer embedding to learned class centres, with a"
+            " margin (the geometry the head reads)."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where torch trains: auto = a CUDA GPU when torch sees one, else the CPU."
     )

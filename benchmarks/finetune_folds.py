@@ -43,7 +43,7 @@ from edge_runtime.head.calibration import softmax
 from edge_runtime.head.fit import cluster_folds
 from edge_runtime.head.ood import auroc, detection_at_keep
 from edge_runtime.head.projection import fit_lda
-from edge_runtime.head.prototypes import class_centroids
+from edge_runtime.head.prototypes import class_centroids, l2_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = REPO.parent / "shared" / "data" / "grocery"
@@ -69,9 +69,14 @@ def load_cache(decoded: cat.DecodedCatalogue, backbone: onnx.ModelProto, stage: 
     return cache
 
 
-def scores_head(train_x: np.ndarray, train_y: np.ndarray, xs: list[np.ndarray], n: int) -> list[np.ndarray]:
-    """Cosine to class means in the shrinkage-LDA space, for each of ``xs``."""
-    proj = fit_lda(train_x, train_y, SHRINKAGE)
+def scores_head(
+    train_x: np.ndarray, train_y: np.ndarray, xs: list[np.ndarray], n: int, shrinkage: float | None = SHRINKAGE
+) -> list[np.ndarray]:
+    """Cosine to class means in the shrinkage-LDA space (None: the raw space), for each of ``xs``."""
+    if shrinkage is None:
+        cents = class_centroids(train_x, train_y, n)
+        return [l2_normalise(x) @ cents.T for x in xs]
+    proj = fit_lda(train_x, train_y, shrinkage)
     cents = class_centroids(proj.apply(train_x), train_y, n)
     return [proj.apply(x) @ cents.T for x in xs]
 
@@ -122,6 +127,10 @@ def evaluate(out: dict[str, np.ndarray], name: str, sp: Split, colour_rows: np.n
             known[f"cos+{a}"] = (known["max_cosine"] - mu_c) / sd_c + (known[a] - mu_l) / sd_l
             unknown[f"cos+{a}"] = (unknown["max_cosine"] - mu_c) / sd_c + (unknown[a] - mu_l) / sd_l
     result[f"{name}_head_top1"] = float((ck.argmax(1) == sp.y_known).mean())
+    # The head without a projection: cosine to class means of the embedding (+ colour) itself.
+    rk, ru = scores_head(x[sp.train], sp.y_train, [x[sp.known], x[sp.new]], sp.n_known, None)
+    result[f"{name}_cos_top1"] = float((rk.argmax(1) == sp.y_known).mean())
+    known["cos_no_lda"], unknown["cos_no_lda"] = -rk.max(1), -ru.max(1)
     result[f"{name}_ood"] = ood_table(known, unknown)
     return result
 
@@ -151,6 +160,7 @@ def main() -> int:
     p.add_argument("--objective", choices=["softmax", "cosface"], default="softmax")
     p.add_argument("--cos-scale", type=float, default=16.0)
     p.add_argument("--cos-margin", type=float, default=0.1)
+    p.add_argument("--distill", type=float, default=0.0)
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per fold here")
     p.add_argument("--tag", default="")
     args = p.parse_args()
@@ -168,6 +178,23 @@ def main() -> int:
     labels = decoded.labels.astype(np.int64)
     n_sku = int(labels.max()) + 1
     colour_plain = colour_descriptor(decoded.pixels[224].astype(np.float32))
+    # Val photos (other sessions than train: a second opinion, never the one that chooses) join the cache as
+    # extra plain rows after every catalogue photo.
+    val = cat.decode_catalogue(cat.load_catalogue(GROCERY / "val"), [224])
+    index_of = {s.code: i for i, s in enumerate(decoded.catalogue.skus)}
+    val_labels = np.array([index_of[val.catalogue.skus[y].code] for y in val.labels], dtype=np.int64)
+    val_cache = build_view_cache(
+        backbone, args.first_stage - 1, [i.image for i in val.catalogue.items], val.pixels[224], val_labels, 0, 224,
+        Augment(), 0,
+    )  # fmt: skip
+    n_train = len(labels)
+    cache = ViewCache(
+        np.concatenate([cache.features, val_cache.features]),
+        np.concatenate([cache.labels, val_cache.labels]),
+        np.concatenate([cache.source, val_cache.source + n_train]),
+        np.concatenate([cache.view, val_cache.view]),
+    )
+    colour_plain = np.concatenate([colour_plain, colour_descriptor(val.pixels[224].astype(np.float32))])
     log.info("data ready in %.0f s", time.perf_counter() - t0)
 
     frozen = from_state_dict(state)
@@ -176,15 +203,16 @@ def main() -> int:
     frozen_out = _scatter(
         forward_rows(frozen, cache, used, args.first_stage, torch.device("cpu")), used, len(cache.source)
     )
-    fold_of = cluster_folds(frozen_out["embedding_multi"][cache.view == 0][np.argsort(cache.source[cache.view == 0])],
-                            labels, 4, 0)  # fmt: skip
+    plain_train = np.flatnonzero((cache.view == 0) & (cache.source < n_train))
+    plain_train = plain_train[np.argsort(cache.source[plain_train])]
+    fold_of = cluster_folds(frozen_out["embedding_multi"][plain_train], labels, 4, 0)
     rng = np.random.default_rng(0)
     order = rng.permutation(n_sku)
     recipe = Recipe(
         first_trained_stage=args.first_stage, views=args.views, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, dropout=args.dropout,
         batch_norm=args.batch_norm, head_lr_scale=args.head_lr_scale, objective=args.objective,
-        cos_scale=args.cos_scale, cos_margin=args.cos_margin,
+        cos_scale=args.cos_scale, cos_margin=args.cos_margin, distill=args.distill,
     )  # fmt: skip
     # Colour for every cached row: the evaluation crop's own colour for view 0; random views carry their
     # source photo's colour (close enough for ranking recipes; the build computes it per view).
@@ -198,13 +226,18 @@ def main() -> int:
         remap = np.full(n_sku, -1)
         remap[known_classes] = np.arange(len(known_classes))
         rows_train = np.intersect1d(cache.rows(train_imgs), used)
+        val_rows = np.flatnonzero(cache.source >= n_train)
+        val_new = val_rows[np.isin(cache.labels[val_rows], held)]
+        val_known = val_rows[~np.isin(cache.labels[val_rows], held)]
         rows_known = cache.rows(np.flatnonzero(known_test), plain=True)
         rows_new = cache.rows(np.flatnonzero(is_new), plain=True)
         y_train, y_known = remap[cache.labels[rows_train]], remap[cache.labels[rows_known]]
         result: dict[str, object] = {"fold": f, "held_out": held.tolist(), "tag": args.tag, "recipe": recipe.as_dict()}
 
         split = Split(rows_train, y_train, rows_known, y_known, rows_new, len(known_classes))
+        vsplit = Split(rows_train, y_train, val_known, remap[cache.labels[val_known]], val_new, len(known_classes))
         result.update(evaluate(frozen_out, "frozen", split, colour_rows))
+        result.update(evaluate(frozen_out, "val_frozen", vsplit, colour_rows))
         model = from_state_dict(state, n_classes=len(known_classes))
         sub = ViewCache(cache.features, remap[cache.labels], cache.source, cache.view)
         log_ = finetune(model, sub, train_imgs, len(known_classes), recipe, heldout_images=np.flatnonzero(known_test))
@@ -213,10 +246,12 @@ def main() -> int:
             forward_rows(model, cache, used, args.first_stage, torch.device("cpu")), used, len(cache.source)
         )
         result.update(evaluate(tuned, "tuned", split, colour_rows))
+        result.update(evaluate(tuned, "val_tuned", vsplit, colour_rows))
         # One model whose shared early stages feed both the frozen and the tuned late stages: the two
         # multi-layer embeddings side by side (each unit length, so neither dominates).
         fused = {"embedding_multi": np.hstack([frozen_out["embedding_multi"], tuned["embedding_multi"]]) / np.sqrt(2)}
         result.update(evaluate(fused, "fused", split, colour_rows))
+        result.update(evaluate(fused, "val_fused", vsplit, colour_rows))
         line = json.dumps(result, default=float)
         print(line, flush=True)
         if args.out:
@@ -224,7 +259,7 @@ def main() -> int:
                 fh.write(line + "\n")
         brief = {k: v for k, v in result.items() if k.endswith("top1")}
         log.info("fold %d: %s", f, brief)
-        for name in ("frozen_ood", "tuned_ood", "fused_ood"):
+        for name in ("frozen_ood", "tuned_ood", "fused_ood", "val_frozen_ood", "val_tuned_ood", "val_fused_ood"):
             table = result[name]
             assert isinstance(table, dict)
             log.info("  %s: %s", name, {k: round(v["detection"], 3) for k, v in table.items()})

@@ -12,6 +12,7 @@ is plain cross-entropy with light label smoothing; what separates new products i
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -208,6 +209,7 @@ def finetune(
         log.info("start (linear probe or class means): held-out top-1 %.1f%%", 100 * result.probe_top1)
 
     # 2. fine-tune: one random view (or the evaluation crop) of every training image per epoch
+    teacher = copy.deepcopy(model).eval() if recipe.distill > 0 else None
     params = trained_parameters(model, first)
     head_params = list(cosine.parameters()) if cosine is not None else list(model.classifier.parameters())
     if cosine is not None:
@@ -244,6 +246,11 @@ def finetune(
             else:
                 logits = model.classifier(F.dropout(out["embedding"], recipe.dropout, training=True))
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher.features_from(x, first)["embedding_multi"]
+                pull = 1.0 - F.cosine_similarity(out["embedding_multi"], target, dim=1).mean()
+                loss = loss + recipe.distill * pull
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

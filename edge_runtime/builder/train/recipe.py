@@ -29,6 +29,9 @@ class Recipe:
     objective: Literal["softmax", "cosface"] = "softmax"
     cos_scale: float = 16.0  # cosface: logit scale (an inverse temperature)
     cos_margin: float = 0.1  # cosface: additive margin on the true class's cosine
+    # Weight of a pull toward the frozen model's multi-layer embedding of the same view (1 - cosine): keeps what
+    # the ImageNet features know about products the catalogue does not have.
+    distill: float = 0.0
     probe_weight_decay: float = 1e-4
     seed: int = 0
     augment: Augment = field(default_factory=Augment)

@@ -257,3 +257,23 @@ def test_a_fine_tuned_bundle_runs_in_edge_run_and_edge_bench_without_torch(
     )  # fmt: skip
     assert bench.returncode in (0, 6), bench.stderr[-3000:]
     assert "torch" not in bench.stderr and json.loads(bench.stdout)["frames"]["measured"] == 5
+
+
+def test_the_pull_toward_the_frozen_embedding_keeps_it_closer(
+    state: dict[str, np.ndarray], tiny: cat.DecodedCatalogue
+) -> None:
+    labels = tiny.labels.astype(np.int64)
+    paths = [item.image for item in tiny.catalogue.items]
+    cache = build_view_cache(build_efficientnet_lite0(state, SIZE), 5, paths, tiny.pixels[SIZE], labels, 1, SIZE,
+                             Recipe().augment, 0, 1)  # fmt: skip
+    rows = cache.rows(np.arange(len(labels)), plain=True)
+    frozen = forward_rows(from_state_dict(state, n_classes=6), cache, rows, 6, torch.device("cpu"))["embedding_multi"]
+
+    def drift(distill: float) -> float:
+        model = from_state_dict(state, n_classes=6)
+        recipe = Recipe(first_trained_stage=6, views=1, epochs=3, batch=8, lr=1e-3, distill=distill)
+        finetune(model, cache, np.arange(len(labels)), 6, recipe)
+        tuned = forward_rows(model, cache, rows, 6, torch.device("cpu"))["embedding_multi"]
+        return float(1.0 - np.mean(np.sum(tuned * frozen, axis=1)))
+
+    assert drift(20.0) < 0.5 * drift(0.0)

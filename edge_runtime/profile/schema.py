@@ -365,19 +365,20 @@ class Train(BaseModel):
         ),
     )
     first_trained_stage: int = Field(
-        default=5,
+        default=6,
         ge=4,
         le=6,
         description=(
             "EfficientNet-Lite0 stages from this one on (and the 1x1 head conv) are trained; earlier stages stay"
-            " frozen and are computed once per view. 5 = the last two stages."
+            " frozen and are computed once per view. 6 = the last stage (measured: stage 5 on costs 3-5x the training"
+            " time for no held-out gain, benchmarks/RESULTS.md)."
         ),
     )
     epochs: int = Field(default=12, ge=1, le=200, description="Passes over the catalogue (one random view each).")
     views: int = Field(
         default=4, ge=0, le=16, description="Random training views per catalogue image, besides its evaluation crop."
     )
-    learning_rate: FiniteFloat = Field(default=1e-3, gt=0, le=1.0, description="AdamW peak rate (cosine schedule).")
+    learning_rate: FiniteFloat = Field(default=3e-4, gt=0, le=1.0, description="AdamW peak rate (cosine schedule).")
     weight_decay: FiniteFloat = Field(default=0.05, ge=0, le=1.0, description="AdamW decoupled weight decay.")
     label_smoothing: FiniteFloat = Field(default=0.1, ge=0, le=0.3, description="Cross-entropy label smoothing.")
     batch_size: int = Field(default=64, ge=4, le=1024, description="Views per training step.")
@@ -386,7 +387,7 @@ class Train(BaseModel):
         description="frozen = keep the pretrained batch-norm statistics (stable on small catalogues); train = update.",
     )
     objective: Literal["softmax", "cosface"] = Field(
-        default="softmax",
+        default="cosface",
         description=(
             "softmax = cross-entropy on a linear classifier of the pooled features (after a linear probe);"
             " cosface = cross-entropy on cosines of the multi-layer embedding to learned class centres, with a"

@@ -15,18 +15,18 @@ TRAIN_CODE_VERSION = 1
 
 @dataclass(frozen=True)
 class Recipe:
-    first_trained_stage: int = 5  # stages 5 and 6 (192 and 320 channels) and the 1x1 head conv train
+    first_trained_stage: int = 6  # stage 6 (320 channels) and the 1x1 head conv train
     views: int = 4  # random views per catalogue image, besides the evaluation crop
     epochs: int = 12
     batch: int = 64
-    lr: float = 1e-3  # AdamW, for the tuned stages
+    lr: float = 3e-4  # AdamW, for the tuned stages
     head_lr_scale: float = 1.0  # the classifier's learning rate relative to the stages'
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     dropout: float = 0.2  # before the classifier, as EfficientNet-Lite was trained
     warmup_epochs: float = 1.0
     batch_norm: Literal["frozen", "train"] = "frozen"
-    objective: Literal["softmax", "cosface"] = "softmax"
+    objective: Literal["softmax", "cosface"] = "cosface"
     cos_scale: float = 16.0  # cosface: logit scale (an inverse temperature)
     cos_margin: float = 0.1  # cosface: additive margin on the true class's cosine
     # Weight of a pull toward the frozen model's multi-layer embedding of the same view (1 - cosine): keeps what

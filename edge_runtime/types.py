@@ -6,6 +6,7 @@ here, so the shape of the data flow is visible in one file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +100,11 @@ class Footprint:
         return self.process_peak_mib + self.table_mib + self.gpu_mib
 
 
+def _rounded(value: float, digits: int) -> float | None:
+    """``value`` rounded for JSON, None for nan (JSON has no NaN)."""
+    return None if math.isnan(value) else round(value, digits)
+
+
 @dataclass(frozen=True)
 class Accuracy:
     top1: float  # held-out catalogue images, nearest prototype
@@ -106,6 +112,10 @@ class Accuracy:
     cosine_to_fp32_mean: float
     cosine_to_fp32_min: float
     top1_agreement_fp32: float  # share of held-out predictions equal to the fp32 variant's
+    # New-product detection at 95 % retention on held-out SKUs (ranking.heldout_ood), and the fp32 variant's at the
+    # same input size; nan when the catalogue is too small to hold SKUs out.
+    ood_detection: float = float("nan")
+    ood_detection_fp32: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,8 @@ class Candidate:
             "cosine_to_fp32_mean": round(self.accuracy.cosine_to_fp32_mean, 5),
             "cosine_to_fp32_min": round(self.accuracy.cosine_to_fp32_min, 5),
             "top1_agreement_fp32": round(self.accuracy.top1_agreement_fp32, 4),
+            "ood_detection": _rounded(self.accuracy.ood_detection, 4),
+            "ood_detection_fp32": _rounded(self.accuracy.ood_detection_fp32, 4),
             "model_file_mib": round(self.footprint.model_file_mib, 3),
             "measured_with": self.measurement.backend,
             "host_estimate": self.host_estimate,

@@ -2,7 +2,8 @@
 
 Each model variant is made from the (clipped) backbone, embeds the catalogue, and is measured in a fresh
 process (footprint, latency); each table precision then makes one candidate, ranked by held-out top-1 of the
-quick nearest-centroid measure in ``ranking.py``. ``choose.py`` picks the one to ship.
+quick nearest-centroid measure in ``ranking.py``; a quantised one that loses more than 3 points of the fp32
+model's new-product detection on held-out SKUs is not a candidate. ``choose.py`` picks the one to ship.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.holdout import CalibrationTwin
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
 from edge_runtime.builder.quantize import Int8Scheme, int8_scheme_for, make_variant
-from edge_runtime.builder.ranking import fit_ranking, heldout_top1
+from edge_runtime.builder.ranking import OOD_DROP_LIMIT, fit_ranking, heldout_ood, heldout_top1, stand_in_new_classes
 from edge_runtime.head.prototypes import PrototypeTable, l2_normalise
 from edge_runtime.profile import DeviceProfile
 from edge_runtime.types import Accuracy, Candidate, Footprint, ModelVariant, Precision, VariantSpec
@@ -111,11 +112,12 @@ def make_variants(
             )
     for c in candidates:
         log.info(
-            "  %s: %.1f MiB, %.2f ms, top-1 %.1f%%",
+            "  %s: %.1f MiB, %.2f ms, top-1 %.1f%%, new products caught %.1f%%",
             c.spec.name,
             c.footprint.total_mib,
             c.measurement.latency_ms_p50,
             100 * c.accuracy.top1,
+            100 * c.accuracy.ood_detection,
         )
     return VariantSet(candidates, files, features, scheme)
 
@@ -148,16 +150,23 @@ def measure_variant(
     _, ref_pred = heldout_top1(
         PrototypeTable.from_float(ref_cents, "fp32"), ref_proj.apply(ref.head_input[eval_idx]), labels[eval_idx]
     )
+    # New-product detection, judged like top-1: the calibration model's held-out SKUs in a fine-tuned build.
+    holdout = features.holdout or fp32.holdout
+    new_classes = holdout.new_classes if holdout is not None else stand_in_new_classes(n_classes)
+    ref_ood = heldout_ood(ref.head_input, labels, judged.split, new_classes, n_classes, "fp32")
     out = []
     for tp in b.table_precisions:
         table = PrototypeTable.from_float(centroids, tp)
         top1, pred = heldout_top1(table, proj.apply(judged.head_input[eval_idx]), labels[eval_idx])
+        ood = heldout_ood(judged.head_input, labels, judged.split, new_classes, n_classes, tp)
         accuracy = Accuracy(
             top1=top1,
             n_eval=len(eval_idx),
             cosine_to_fp32_mean=float(cos.mean()),
             cosine_to_fp32_min=float(cos.min()),
             top1_agreement_fp32=float((pred == ref_pred).mean()) if len(pred) else float("nan"),
+            ood_detection=ood,
+            ood_detection_fp32=ref_ood,
         )
         footprint = Footprint(
             process_peak_mib=measurement.peak_rss_mib,
@@ -172,7 +181,7 @@ def measure_variant(
             min_headroom=profile.device.min_headroom,
             max_latency_ms=b.max_latency_ms,
             enforce_latency=not plan.host_estimate,
-        )
+        ) + ood_violation(ood, ref_ood)
         out.append(
             Candidate(
                 spec=VariantSpec(variant, tp),
@@ -185,6 +194,14 @@ def measure_variant(
             )
         )
     return out
+
+
+def ood_violation(ood: float, ref_ood: float) -> tuple[str, ...]:
+    """A quantised variant (or table) that loses more than ``OOD_DROP_LIMIT`` of the fp32 model's new-product
+    detection breaks a constraint, whatever its top-1: the OOD gate is what keeps new products out of accept."""
+    if ood != ood or ref_ood != ref_ood or ood >= ref_ood - OOD_DROP_LIMIT:  # nan: nothing to compare
+        return ()
+    return (f"new-product detection {ood:.1%} < fp32's {ref_ood:.1%} - {OOD_DROP_LIMIT:.0%}",)
 
 
 def choose_variant(variants: VariantSet) -> Candidate:

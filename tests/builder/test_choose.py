@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_runtime.builder.choose import choose, format_table, violations
+from edge_runtime.builder.ranking import heldout_ood, stand_in_new_classes
+from edge_runtime.builder.variants import ood_violation
 from edge_runtime.errors import EXIT_NOTHING_FITS, BudgetError
 from edge_runtime.types import Accuracy, Candidate, Footprint, Measurement, ModelVariant, VariantSpec
 
@@ -56,3 +59,31 @@ def test_host_estimates_do_not_enforce_latency() -> None:
     assert violations(10, 500, budget_mib=100, min_headroom=0.2, max_latency_ms=20, enforce_latency=False) == ()
     table = format_table([_cand("fp32", "fp32", 10, 5, 0.9)])
     assert "fp32-224-table-fp32" in table
+
+
+def _clusters(n_classes: int, per: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, 32))
+    labels = np.repeat(np.arange(n_classes), per)
+    return (centres[labels] + spread * rng.normal(size=(len(labels), 32))).astype(np.float32), labels
+
+
+def test_new_product_detection_tells_distinct_skus_from_look_alikes() -> None:
+    feats, labels = _clusters(14, 12, 0.3)
+    split = (np.flatnonzero(np.arange(len(labels)) % 3 != 0), np.flatnonzero(np.arange(len(labels)) % 3 == 0))
+    new = stand_in_new_classes(14)
+    assert new.tolist() == [3, 10]
+    distinct = heldout_ood(feats, labels, split, new, 14, "fp32")
+    # The same photos, with every new product's photos moved onto a known SKU: nothing new to catch.
+    look_alike = feats.copy()
+    for c in new:
+        look_alike[labels == c] = feats[labels == c + 1][: int(np.sum(labels == c))]
+    assert distinct > 0.9
+    assert heldout_ood(look_alike, labels, split, new, 14, "fp32") < 0.2
+    assert np.isnan(heldout_ood(feats, labels, split, stand_in_new_classes(5), 5, "fp32"))
+
+
+def test_a_variant_that_loses_new_product_detection_is_not_a_candidate() -> None:
+    assert ood_violation(0.30, 0.32) == ()
+    assert "new-product detection" in ood_violation(0.25, 0.32)[0]
+    assert ood_violation(float("nan"), 0.32) == () and ood_violation(0.25, float("nan")) == ()

@@ -161,6 +161,11 @@ def test_train_pair_holds_out_the_plan_and_is_cached(
     again = train_pair(*args, size=SIZE, device="cpu", threads=1, cache_path=tmp_path / "ft")
     assert again.record["cache"] == "hit"
     assert all(np.array_equal(first.shipped[k], again.shipped[k]) for k in first.shipped)
+    # Seeded: training again from scratch (another cache) gives the same weights, so two builds agree.
+    fresh = train_pair(*args, size=SIZE, device="cpu", threads=1, cache_path=tmp_path / "ft-again")
+    assert fresh.record["cache"] == "miss"
+    assert all(np.allclose(first.shipped[k], fresh.shipped[k], atol=1e-6) for k in first.shipped)
+    assert all(np.allclose(first.calibration[k], fresh.calibration[k], atol=1e-6) for k in first.calibration)
 
 
 def test_without_torch_the_build_says_which_extra_and_a_required_fine_tune_is_refused(

@@ -1,6 +1,6 @@
 """Choose the fine-tuning recipe on held-out SKUs of the catalogue (grocery/train), never on val.
 
-    python benchmarks/finetune_folds.py [--folds 3] [--epochs 12] [--first-stage 5] [--views 4] ...
+    python benchmarks/finetune_folds.py [--folds 3] [--epochs 12] [--first-stage 6] [--objective cosface] ...
 
 Each fold holds out 8 SKUs (10 %, as the independent check does) as new products, and one cluster of
 look-alike photos of every other SKU as unseen known photos (``head.fit.cluster_folds``: photos come in
@@ -52,6 +52,7 @@ HELD_OUT_SKUS = 8
 KEEP = 0.95
 SHRINKAGE = 0.2
 
+_R = Recipe()
 log = logging.getLogger("finetune_folds")
 
 
@@ -146,21 +147,22 @@ def _scatter(out: dict[str, np.ndarray], rows: np.ndarray, n: int) -> dict[str, 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # Defaults: the recipe edge-build ships, so a plain run re-measures it.
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--first-fold", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--first-stage", type=int, default=5)
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--batch-norm", choices=["frozen", "train"], default="frozen")
-    p.add_argument("--head-lr-scale", type=float, default=1.0)
-    p.add_argument("--objective", choices=["softmax", "cosface"], default="softmax")
-    p.add_argument("--cos-scale", type=float, default=16.0)
-    p.add_argument("--cos-margin", type=float, default=0.1)
-    p.add_argument("--distill", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=_R.epochs)
+    p.add_argument("--first-stage", type=int, default=_R.first_trained_stage)
+    p.add_argument("--views", type=int, default=_R.views)
+    p.add_argument("--lr", type=float, default=_R.lr)
+    p.add_argument("--weight-decay", type=float, default=_R.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=_R.label_smoothing)
+    p.add_argument("--dropout", type=float, default=_R.dropout)
+    p.add_argument("--batch-norm", choices=["frozen", "train"], default=_R.batch_norm)
+    p.add_argument("--head-lr-scale", type=float, default=_R.head_lr_scale)
+    p.add_argument("--objective", choices=["softmax", "cosface"], default=_R.objective)
+    p.add_argument("--cos-scale", type=float, default=_R.cos_scale)
+    p.add_argument("--cos-margin", type=float, default=_R.cos_margin)
+    p.add_argument("--distill", type=float, default=_R.distill)
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per fold here")
     p.add_argument("--tag", default="")
     args = p.parse_args()

@@ -62,17 +62,18 @@ def heldout_ood(
     new_classes: np.ndarray,
     n_classes: int,
     table_precision: Precision,
-) -> float:
+) -> tuple[float, int]:
     """New-product detection at ``OOD_KEEP`` retention of held-out known images, by max cosine to the known SKUs'
-    centroids (the ranking projection fitted without the new SKUs): nan when there are no new SKUs."""
+    centroids (the ranking projection fitted without the new SKUs), and the number of new-product images it
+    is measured on: nan when there are no new SKUs."""
     if len(new_classes) == 0 or n_classes - len(new_classes) < 2:
-        return float("nan")
+        return float("nan"), 0
     train_idx, eval_idx = split
     is_new = np.isin(labels, new_classes)
     fit = train_idx[~is_new[train_idx]]
     known = eval_idx[~is_new[eval_idx]]
     if len(known) == 0 or len(fit) == 0:
-        return float("nan")
+        return float("nan"), 0
     # Centroids of the known SKUs with photos on the fitting side, renumbered 0..K-1.
     kept = np.unique(labels[fit])
     renumber = np.full(n_classes, -1, dtype=np.int64)
@@ -83,4 +84,4 @@ def heldout_ood(
     _, new_score = nearest(table, proj.apply(feats[is_new]), k=1)
     # Lower cosine = stranger; the threshold keeps OOD_KEEP of the known images.
     threshold = float(np.quantile(known_score[:, 0], 1.0 - OOD_KEEP, method="lower"))
-    return float(np.mean(new_score[:, 0] < threshold))
+    return float(np.mean(new_score[:, 0] < threshold)), int(is_new.sum())

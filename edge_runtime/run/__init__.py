@@ -6,8 +6,9 @@ source, metrics and publisher opened and checked), ``queues`` (bounded queues be
 uri), ``sampler`` (motion-adaptive frame rate), ``regions`` (full frame, fixed boxes, detector), ``messages``
 (every MQTT schema and payload), ``feedback`` (reviewer feedback: validation, attribution, counting),
 ``heartbeat`` (the main thread's periodic work), ``publisher`` (the Publisher protocol and the null publisher),
-``outbox/`` (durable SQLite queue: store, database, policy), ``mqtt`` (the MQTT publisher), ``mqtt_inflight``
-(its ledger of messages awaiting PUBACK: mids, early acks, resend cost), ``uplink`` (its byte-rate cap),
+``outbox/`` (durable SQLite queue: store, database, policy), ``mqtt`` (the MQTT publisher), ``mqtt_session``
+(its paho callbacks and acks), ``mqtt_inflight`` (its ledger of messages awaiting PUBACK: mids, early acks,
+resend cost), ``uplink`` (its byte-rate cap),
 ``mqtt_auth`` (TLS, credentials, fatal refusals), ``metrics`` (Prometheus), ``health`` (systemd notify and
 watchdog), ``footprint_probe`` (edge-build's measured child process).
 

@@ -138,7 +138,14 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, scheme: Int8Scheme 
             calibrate_method=CalibrationMethod.MinMax,
             # The pooled-embedding tail is a few hundred FLOPs; rounding it to 8 bits only costs accuracy.
             nodes_to_exclude=[n.name for n in model.graph.node if n.name.startswith(MULTI_EMBEDDING_OUTPUT)],
-            extra_options={"ActivationSymmetric": scheme == "s8s8", "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": scheme == "s8s8",
+                "WeightSymmetric": True,
+                # TensorRT's ONNX parser takes DequantizeLinear on INT8/FP8 tensors only, and a quantised bias is
+                # an INT32 initialiser feeding one (onnx-tensorrt#850): the TensorRT scheme keeps float biases,
+                # which TensorRT fuses into the int8 convolution itself.
+                "QuantizeBias": scheme != "s8s8",
+            },
         )
         return onnx.load(str(dst))
 

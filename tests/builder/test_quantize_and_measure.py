@@ -41,6 +41,35 @@ def test_variants_of_a_small_model(tmp_path: Path) -> None:
     assert _cos(_embed(int8, x, tmp_path, "int8"), ref).mean() > 0.98
 
 
+def _dequantised_initialiser_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every initialiser a DequantizeLinear reads, by name."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return {
+        n.input[0]: inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    }
+
+
+def test_the_tensorrt_int8_scheme_keeps_float_biases(tmp_path: Path) -> None:
+    """TensorRT's parser takes DequantizeLinear on INT8/FP8 only: no INT32 (quantised bias) may feed one."""
+    rng = np.random.default_rng(2)
+    base = tiny_backbone(64)
+    calib = rng.uniform(0, 255, (16, 3, 64, 64)).astype(np.float32)
+    trt = make_variant(base, "int8", 64, calib, "s8s8")
+    read = _dequantised_initialiser_types(trt)
+    assert read and set(read.values()) == {onnx.TensorProto.INT8}, read  # the weights, per channel
+    biases = {n.input[2] for n in trt.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    floats = {i.name for i in trt.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert biases and biases <= floats
+    x = rng.uniform(0, 255, (6, 3, 64, 64)).astype(np.float32)
+    ref = _embed(base, x, tmp_path, "fp32")
+    assert _cos(_embed(trt, x, tmp_path, "s8s8"), ref).mean() > 0.98
+    # The CPU scheme still quantises biases (onnxruntime fuses them into its integer kernels).
+    cpu = make_variant(base, "int8", 64, calib, "u8s8")
+    assert onnx.TensorProto.INT32 in set(_dequantised_initialiser_types(cpu).values())
+
+
 def test_input_size_variant(tmp_path: Path) -> None:
     sized = make_variant(tiny_backbone(64), "fp32", 96)
     assert native_input_size(sized) == 96

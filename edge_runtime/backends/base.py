@@ -84,9 +84,11 @@ Probe = Callable[[], str | None]  # None when usable here, else the reason it is
 
 def _ort_factory(provider: str) -> Factory:
     def make(model: Path, opts: BackendOptions) -> Backend:
-        from edge_runtime.backends.onnxruntime import OrtBackend, provider_plan
+        from edge_runtime.backends.onnxruntime import OrtBackend, model_key, provider_plan
 
-        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir)
+        # The TensorRT EP's engine cache is named by the model's digest (a rebuilt model.onnx gets a new engine).
+        key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key)
         return OrtBackend(
             model,
             threads=opts.threads,
@@ -100,9 +102,10 @@ def _ort_factory(provider: str) -> Factory:
 
 def _ort_raw_factory(provider: str) -> RawFactory:
     def make(model: Path, opts: BackendOptions) -> RawModel:
-        from edge_runtime.backends.onnxruntime import OrtModel, provider_plan
+        from edge_runtime.backends.onnxruntime import OrtModel, model_key, provider_plan
 
-        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir)
+        key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key)
         return OrtModel(model, threads=opts.threads, plan=plan, allow_fallback=opts.allow_fallback)
 
     return make

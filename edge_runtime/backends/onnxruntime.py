@@ -26,6 +26,7 @@ then edge_runtime with ``--no-deps`` (and its other dependencies by name), and c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,13 +120,25 @@ def _backend_name(name: str) -> str:
     return full
 
 
-def trt_cache_dir(state_dir: Path, precision: str) -> Path:
+def model_key(model: Path) -> str:
+    """The first 16 hex digits of the model file's sha256 (which covers its input size)."""
+    digest = hashlib.sha256()
+    with open(model, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def trt_cache_dir(state_dir: Path, precision: str, model: str | None = None) -> Path:
     """Where the TensorRT EP keeps its engines and timing cache.
 
-    Keyed by onnxruntime version and precision: ONNX Runtime names its engine files by model and GPU, but an
-    engine from another onnxruntime/TensorRT release or precision setting must not be picked up.
+    Keyed by onnxruntime version, precision and the model's ``model_key``: every bundle ships its model as
+    ``model.onnx``, and the EP names engine files by model path and GPU, so without the model's digest a rebuilt
+    model would silently run on the old model's engine. An engine from another onnxruntime/TensorRT release
+    or precision setting must not be picked up either.
     """
-    return Path(state_dir) / "engines" / f"onnxruntime-{ort.__version__}-trt-{precision}"
+    name = f"onnxruntime-{ort.__version__}-trt-{precision}" + (f"-{model}" if model else "")
+    return Path(state_dir) / "engines" / name
 
 
 def provider_plan(
@@ -134,13 +147,15 @@ def provider_plan(
     budget_mib: float | None,
     state_dir: Path | None,
     device_id: int = 0,
+    model: str | None = None,
 ) -> ProviderPlan:
     """The providers and options for one backend; pure (no GPU, no file system access).
 
     ``precision`` is the bundle model's precision (fp32, fp16, int8; None = fp32). For the TensorRT EP it sets
     ``trt_fp16_enable`` (fp16 and int8: layers outside Q/DQ pairs may run in fp16) and ``trt_int8_enable``
     (int8: the QDQ model's explicit scales are used, no calibration table). ``budget_mib`` None leaves
-    ONNX Runtime's memory defaults; ``state_dir`` None disables the engine and timing caches.
+    ONNX Runtime's memory defaults; ``state_dir`` None disables the engine and timing caches; ``model`` is the
+    model's ``model_key``, which the engine cache folder is named by.
     """
     backend = _backend_name(backend_name)
     precision = precision or "fp32"
@@ -166,7 +181,7 @@ def provider_plan(
             if budget_mib is not None:
                 trt["trt_max_workspace_size"] = int(budget_mib * TRT_WORKSPACE_FRACTION) * MIB
             if state_dir is not None:
-                cache = str(trt_cache_dir(state_dir, precision))
+                cache = str(trt_cache_dir(state_dir, precision, model))
                 trt.update(
                     trt_engine_cache_enable=True,
                     trt_engine_cache_path=cache,

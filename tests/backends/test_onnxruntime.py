@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -22,12 +23,14 @@ from edge_runtime.backends.onnxruntime import (
     TRT_WORKSPACE_FRACTION,
     OrtBackend,
     ProviderPlan,
+    model_key,
     open_session,
     provider_plan,
     trt_cache_dir,
 )
 from edge_runtime.errors import ModelError, UsageError
 from edge_runtime.profile import load_profile
+from tests.conftest import tiny_backbone
 
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
 HAS_TRT_EP = "TensorrtExecutionProvider" in ort.get_available_providers()
@@ -60,6 +63,24 @@ def test_cuda_plan_options_from_the_budget() -> None:
     assert "gpu_mem_limit" not in provider_plan("onnxruntime-cuda", "fp16", None, None).options_for(
         "CUDAExecutionProvider"
     )
+
+
+def test_tensorrt_ep_engines_are_kept_per_model(tmp_path: Path) -> None:
+    """Every bundle ships model.onnx: a rebuilt model must not run on the previous model's cached engine."""
+    first, second = tmp_path / "a" / "model.onnx", tmp_path / "b" / "model.onnx"
+    for path, size in ((first, 64), (second, 96)):
+        path.parent.mkdir()
+        onnx.save(tiny_backbone(size), str(path))
+    keys = model_key(first), model_key(second)
+    assert keys[0] != keys[1] and len(keys[0]) == 16
+    assert model_key(first) == keys[0]  # the same bytes, the same engine
+    folders = [
+        provider_plan("onnxruntime-tensorrt", "fp16", 2048, tmp_path, model=k).options_for("TensorrtExecutionProvider")[
+            "trt_engine_cache_path"
+        ]
+        for k in keys
+    ]
+    assert folders[0] != folders[1] and all(str(f).endswith(k) for f, k in zip(folders, keys, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -251,4 +272,5 @@ def test_onnxruntime_tensorrt_ep_parity_and_engine_cache(tiny_model_path: Path, 
         pytest.skip(str(exc))
     assert gpu.providers[0] == "TensorrtExecutionProvider"
     assert _cos(gpu.embed(x), cpu).min() >= 0.99
-    assert any(trt_cache_dir(tmp_path, "fp32").iterdir()), "the TensorRT EP wrote no engine cache"
+    cache = trt_cache_dir(tmp_path, "fp32", model_key(tiny_model_path))
+    assert any(cache.iterdir()), "the TensorRT EP wrote no engine cache"

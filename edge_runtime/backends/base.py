@@ -75,6 +75,7 @@ class BackendOptions:
     state_dir: Path | None = None  # engine caches live under it; None = no ORT engine cache, default dir for TRT
     max_batch: int = DEFAULT_MAX_BATCH
     allow_fallback: bool = False  # accept onnxruntime running fewer providers than planned (logged)
+    image_input: tuple[str, int] | None = None  # the model's image input (name, S): GPU engine profiles need it
 
 
 Factory = Callable[[Path, BackendOptions], Backend]
@@ -88,7 +89,15 @@ def _ort_factory(provider: str) -> Factory:
 
         # The TensorRT EP's engine cache is named by the model's digest (a rebuilt model.onnx gets a new engine).
         key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
-        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key)
+        plan = provider_plan(
+            provider,
+            opts.precision,
+            opts.budget_mib,
+            opts.state_dir,
+            model=key,
+            image_input=opts.image_input,
+            max_batch=opts.max_batch,
+        )
         return OrtBackend(
             model,
             threads=opts.threads,
@@ -249,12 +258,14 @@ def create_backend(
     state_dir: Path | None = None,
     max_batch: int | None = None,
     allow_fallback: bool = False,
+    image_input: tuple[str, int] | None = None,
 ) -> Backend:
     """Open ``model`` on backend ``name``; UsageError when the backend is not available here.
 
     ``precision``, ``budget_mib`` and ``state_dir`` configure the GPU backends (precision flags, workspace and
     arena limits from the memory budget, engine caches); ``max_batch`` is the largest batch a TensorRT engine
-    is built for. The CPU backend ignores them.
+    is built for, ``image_input`` (the model's input name and size, from the bundle manifest) what its
+    optimisation profile is given for. The CPU backend ignores them.
     """
     reason = unavailable_reason(name)
     if reason is not None:
@@ -267,6 +278,7 @@ def create_backend(
         state_dir=Path(state_dir) if state_dir is not None else None,
         max_batch=max_batch or DEFAULT_MAX_BATCH,
         allow_fallback=allow_fallback,
+        image_input=image_input,
     )
     return REGISTRY[name][0](model, opts)
 

@@ -141,6 +141,22 @@ def trt_cache_dir(state_dir: Path, precision: str, model: str | None = None) -> 
     return Path(state_dir) / "engines" / name
 
 
+def trt_profile_shapes(name: str, size: int, max_batch: int) -> dict[str, OptionValue]:
+    """The TensorRT EP's optimisation profile for a ``[N, 3, size, size]`` input called ``name``: batches 1 to
+    ``max_batch``, tuned for 1 (full-frame regions, the default, send one region per frame)."""
+    if size < 1 or max_batch < 1 or not name or any(c in name for c in ":,x"):
+        raise UsageError(
+            f"cannot give TensorRT an engine profile for input {name!r} of {size} px, batch {max_batch}",
+            hint="rebuild the bundle with edge-build (its manifest records the model's input)",
+        )
+    shape = f"3x{size}x{size}"
+    return {
+        "trt_profile_min_shapes": f"{name}:1x{shape}",
+        "trt_profile_opt_shapes": f"{name}:1x{shape}",
+        "trt_profile_max_shapes": f"{name}:{max_batch}x{shape}",
+    }
+
+
 def provider_plan(
     backend_name: str,
     precision: str | None,
@@ -148,6 +164,8 @@ def provider_plan(
     state_dir: Path | None,
     device_id: int = 0,
     model: str | None = None,
+    image_input: tuple[str, int] | None = None,
+    max_batch: int = 16,
 ) -> ProviderPlan:
     """The providers and options for one backend; pure (no GPU, no file system access).
 
@@ -155,7 +173,10 @@ def provider_plan(
     ``trt_fp16_enable`` (fp16 and int8: layers outside Q/DQ pairs may run in fp16) and ``trt_int8_enable``
     (int8: the QDQ model's explicit scales are used, no calibration table). ``budget_mib`` None leaves
     ONNX Runtime's memory defaults; ``state_dir`` None disables the engine and timing caches; ``model`` is the
-    model's ``model_key``, which the engine cache folder is named by.
+    model's ``model_key``, which the engine cache folder is named by. ``image_input`` (name, S) of a
+    ``[N, 3, S, S]`` model gives the TensorRT EP an explicit profile for batches 1..``max_batch``: without one it
+    builds its engine for the first batch it sees and rebuilds it whenever a larger one arrives (minutes of
+    stalled inference on a Jetson).
     """
     backend = _backend_name(backend_name)
     precision = precision or "fp32"
@@ -180,6 +201,8 @@ def provider_plan(
             }
             if budget_mib is not None:
                 trt["trt_max_workspace_size"] = int(budget_mib * TRT_WORKSPACE_FRACTION) * MIB
+            if image_input is not None:
+                trt.update(trt_profile_shapes(*image_input, max_batch))
             if state_dir is not None:
                 cache = str(trt_cache_dir(state_dir, precision, model))
                 trt.update(

@@ -21,6 +21,7 @@ from edge_runtime.builder.embedding import FittedHead
 from edge_runtime.builder.finetune import finetune_lines
 from edge_runtime.builder.footprint import MIB, regions_per_frame, tensor_queue_bytes
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
+from edge_runtime.builder.quantize import image_input
 from edge_runtime.builder.readiness import ReadinessReport
 from edge_runtime.builder.variants import VariantSet
 from edge_runtime.bundle import MODEL, Bundle, sha256_bytes, sha256_file
@@ -69,6 +70,8 @@ def build_manifest(
             "file": MODEL,
             "sha256": sha256_bytes(model_bytes),
             "input_size": spec.model.input_size,
+            # The image input's name: a GPU engine's optimisation profile is given per input name.
+            "input_name": image_input(inputs.backbone).name,
             "precision": spec.model.precision,
             "embedding_dim": int(fitted.features.embeddings.shape[1]),  # the backbone's, without colour
             "int8_scheme": variants.int8_scheme if spec.model.precision == "int8" else None,

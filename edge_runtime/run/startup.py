@@ -131,6 +131,19 @@ def default_state_dir(device_id: str, camera: str) -> Path:
 # --------------------------------------------------------------------------- the backend
 
 
+# The default backbone's input name: bundles built before the manifest recorded ``model.input_name`` used it.
+DEFAULT_INPUT_NAME = "image"
+
+
+def manifest_image_input(manifest: dict[str, Any]) -> tuple[str, int] | None:
+    """(input name, S) of the bundle model's ``[N, 3, S, S]`` input, from its manifest; None when not recorded."""
+    model = manifest.get("model", {})
+    size = model.get("input_size")
+    if not isinstance(size, int) or size < 1:
+        return None
+    return str(model.get("input_name") or DEFAULT_INPUT_NAME), size
+
+
 def open_backend(bundle: Bundle, profile: DeviceProfile, state_dir: Path | None = None) -> Backend:
     """The first backend of the profile's ``prefer`` list that exists here and loads the bundle's model.
 
@@ -164,6 +177,7 @@ def open_backend(bundle: Bundle, profile: DeviceProfile, state_dir: Path | None 
                 budget_mib=float(profile.device.memory_budget_mib),
                 state_dir=state_dir,
                 max_batch=profile.regions.max_regions,
+                image_input=manifest_image_input(bundle.manifest),
             )
         except EdgeError as exc:
             failures[name] = str(exc)

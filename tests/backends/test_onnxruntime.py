@@ -83,6 +83,23 @@ def test_tensorrt_ep_engines_are_kept_per_model(tmp_path: Path) -> None:
     assert folders[0] != folders[1] and all(str(f).endswith(k) for f, k in zip(folders, keys, strict=True))
 
 
+def test_tensorrt_ep_gets_an_engine_profile_for_every_batch_up_to_the_largest() -> None:
+    """Without explicit profile shapes the EP builds for the first batch and rebuilds on every larger one."""
+    plan = provider_plan("onnxruntime-tensorrt", "fp16", 2048, None, image_input=("image", 224), max_batch=8)
+    trt = plan.options_for("TensorrtExecutionProvider")
+    assert trt["trt_profile_min_shapes"] == "image:1x3x224x224"
+    assert trt["trt_profile_opt_shapes"] == "image:1x3x224x224"
+    assert trt["trt_profile_max_shapes"] == "image:8x3x224x224"
+    assert "trt_profile_min_shapes" not in provider_plan("onnxruntime-tensorrt", "fp16", 2048, None).options_for(
+        "TensorrtExecutionProvider"
+    )
+    with pytest.raises(UsageError, match="engine profile"):
+        provider_plan("onnxruntime-tensorrt", "fp16", None, None, image_input=("a:b", 224))
+    # The CUDA and CPU providers take no profile.
+    cuda = provider_plan("onnxruntime-cuda", "fp16", 2048, None, image_input=("image", 224))
+    assert not any(k.startswith("trt_") for k in cuda.options_for("CUDAExecutionProvider"))
+
+
 @pytest.mark.parametrize(
     ("precision", "fp16", "int8"),
     [("fp32", False, False), (None, False, False), ("fp16", True, False), ("int8", True, True)],

@@ -56,6 +56,7 @@ def test_build_writes_a_verified_bundle(
     bundle = load_bundle(Path(summary["bundle"]))
     m = bundle.manifest
     assert m["profile"]["name"] == "test-cpu" and len(m["profile"]["sha256"]) == 64
+    assert m["model"]["input_name"] == "image"  # a GPU engine's optimisation profile is given per input name
     # 2 precisions x 2 sizes x 3 table precisions, each measured and listed
     assert len(m["decision_table"]) == 12
     assert {r["precision"] for r in m["decision_table"]} == {"fp32", "int8"}

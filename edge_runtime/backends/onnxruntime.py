@@ -258,6 +258,16 @@ def _usable_plan(plan: ProviderPlan, allow_fallback: bool) -> ProviderPlan:
     return plan
 
 
+def _new_session(source: str | bytes, threads: int, plan: ProviderPlan, where: str) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(source, sess_options=session_options(threads), providers=plan.for_ort())
+    except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{where}: onnxruntime cannot load it ({first_line})", hint="pass a valid ONNX model"
+        ) from None
+
+
 def open_session(
     model: Path | bytes,
     threads: int,
@@ -279,13 +289,7 @@ def open_session(
             Path(cache).mkdir(parents=True, exist_ok=True)
     source = model if isinstance(model, bytes) else str(model)
     where = "model bytes" if isinstance(model, bytes) else str(model)
-    try:
-        session = ort.InferenceSession(source, sess_options=session_options(threads), providers=plan.for_ort())
-    except Exception as exc:  # onnxruntime raises several unrelated exception types for bad models
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"{where}: onnxruntime cannot load it ({first_line})", hint="pass a valid ONNX model"
-        ) from None
+    session = _new_session(source, threads, plan, where)
     running = tuple(session.get_providers())
     if plan.primary not in running:
         message = f"backend {plan.backend}: {plan.primary} did not start for {where}; onnxruntime runs {running}"
@@ -293,6 +297,12 @@ def open_session(
             hint = TRT_EP_HINT if plan.primary == PROVIDERS["tensorrt"] else "check the CUDA/cuDNN libraries"
             raise UsageError(message, hint=f"{hint}; onnxruntime's log (severity 0-2) says why")
         log.warning("%s (falling back)", message)
+        if len(plan.providers) > 1:
+            # onnxruntime's own fallback retries with the remaining providers' default options (no
+            # gpu_mem_limit: the CUDA arena could outgrow the budget); reopen from our plan without the primary.
+            plan = plan.without(plan.primary)
+            session = _new_session(source, threads, plan, where)
+            running = tuple(session.get_providers())
     if plan.primary != PROVIDERS["cpu"] or len(plan.providers) > 1:
         log.info("onnxruntime session for %s runs on %s", where, ", ".join(running))
     return session

@@ -192,6 +192,38 @@ def test_provider_fallback_when_allowed_is_logged(tiny_model_path: Path, caplog:
     backend.close()  # idempotent
 
 
+@cpu_only_ort
+def test_a_gpu_provider_that_does_not_start_is_retried_with_our_options(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's own fallback drops every provider option (gpu_mem_limit included): when the TensorRT EP
+    is present but does not start, the session is reopened from our plan without it. The GPU build is played by
+    this CPU build claiming the GPU providers (no GPU here); onnxruntime itself really runs."""
+    from edge_runtime.backends import onnxruntime as ort_backend
+
+    monkeypatch.setattr(
+        ort_backend.ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    asked: list[list[tuple[str, dict[str, object]]]] = []
+    real = ort.InferenceSession
+
+    def recording(source: object, sess_options: object = None, providers: object = None) -> ort.InferenceSession:
+        asked.append(list(providers))  # type: ignore[call-overload]
+        return real(source, sess_options=sess_options, providers=["CPUExecutionProvider"])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ort_backend.ort, "InferenceSession", recording)
+    plan = provider_plan("onnxruntime-tensorrt", "fp16", 1024, None)
+    backend = OrtBackend(tiny_model_path, threads=1, plan=plan, allow_fallback=True)
+    assert [p for p, _ in asked[0]] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert [p for p, _ in asked[1]] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert asked[1][0][1]["gpu_mem_limit"] == int(1024 * CUDA_ARENA_FRACTION) * MIB  # our options, kept
+    assert backend.providers == ("CPUExecutionProvider",)
+    with pytest.raises(UsageError, match="did not start"):
+        OrtBackend(tiny_model_path, threads=1, plan=plan, allow_fallback=False)
+
+
 def test_create_backend_keeps_its_old_call_and_takes_gpu_options(tiny_model_path: Path, tmp_path: Path) -> None:
     x = np.zeros((2, 3, 64, 64), np.float32)
     old = create_backend("onnxruntime-cpu", tiny_model_path, threads=1, embedding_output="embedding")

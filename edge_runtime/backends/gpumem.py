@@ -95,18 +95,22 @@ _SIZE = re.compile(r"^(\d+)([KMG]?)B?$", re.IGNORECASE)
 _UNIT = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}
 
 
-def parse_nvmap_clients(text: str, pid: int) -> float:
+def parse_nvmap_clients(text: str, pid: int) -> float | None:
     """MiB the nvmap clients of ``pid`` hold, from ``/sys/kernel/debug/nvmap/iovmm/clients``
-    (columns CLIENT PROCESS PID SIZE, sizes like ``123456K``); 0.0 when the process is not listed."""
-    total = 0
+    (columns CLIENT PROCESS PID SIZE, sizes like ``123456K``); None when the process is not listed.
+
+    Not listed is not "holds nothing": the table can lag a process that just opened the GPU, and a 0.0 here
+    would win over the system-wide nvmap growth that ``footprint_gpu_mib`` falls back to."""
+    total, listed = 0, False
     for line in text.splitlines():
         cols = line.split()
         if len(cols) < 4 or not cols[-2].isdigit() or int(cols[-2]) != pid:
             continue
         size = _SIZE.match(cols[-1])
         if size:
+            listed = True
             total += int(size.group(1)) * _UNIT[size.group(2).upper()]
-    return total / MIB
+    return total / MIB if listed else None
 
 
 def _read(path: Path) -> str | None:

@@ -115,7 +115,9 @@ def test_jetson_detection_and_unified_memory(tmp_path: Path) -> None:
 def test_nvmap_clients_per_process(tmp_path: Path) -> None:
     assert gpumem.parse_nvmap_clients(NVMAP_CLIENTS, 4242) == pytest.approx(257.0)
     assert gpumem.parse_nvmap_clients(NVMAP_CLIENTS, 912) == pytest.approx(42.0)
-    assert gpumem.parse_nvmap_clients(NVMAP_CLIENTS, 1) == 0.0
+    # Not listed is unknown, not zero: the system-wide nvmap growth then decides the footprint.
+    assert gpumem.parse_nvmap_clients(NVMAP_CLIENTS, 1) is None
+    assert gpumem.footprint_gpu_mib(gpumem.parse_nvmap_clients(NVMAP_CLIENTS, 1), 100.0, 160.0) == 60.0
     root = _fake_jetson(tmp_path / "j", clients=True)
     assert gpumem.gpu_memory_used_mib(4242, root=root) == pytest.approx(257.0)
     assert gpumem.gpu_memory_used_mib(4242, root=_fake_jetson(tmp_path / "k")) is None  # debugfs needs root

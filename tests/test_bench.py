@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.bench import BenchOptions, SyntheticSource, run_bench
+from edge_runtime.bench.machine import GpuPeakSampler, gpu_memory_mib
 from edge_runtime.bundle import MANIFEST
 from edge_runtime.cli import bench_main
 from edge_runtime.demo import generate_demo_video
@@ -187,3 +188,37 @@ def test_publish_sends_through_the_outbox_under_a_bench_device_id(
     assert len(objects) == report.routes.get("unknown", 0) + report.routes.get("verify", 0)
     # Publishing stores every message durably (an fsynced outbox write), so that stage ran for every frame.
     assert report.latency_ms["publish"]["p50"] > 0
+
+
+def test_gpu_memory_is_the_peak_sampled_during_the_run() -> None:
+    """Read after the run, the backend is closed and its GPU memory released: the sampler keeps the peak seen
+    while it ran. No GPU here: the readers play NVML and nvmap with a run that rises and falls."""
+    readings = iter([120.0, 480.0, 300.0, None])
+    system = iter([1000.0, 1650.0, 1200.0])
+
+    def per_process() -> float | None:
+        return next(readings, None)
+
+    def unified() -> float | None:
+        value = next(system, None)
+        if value is None:
+            raise OSError("nvmap went away")  # a failing reader counts as not exposed
+        return value
+
+    sampler = GpuPeakSampler(readers=(per_process, unified))
+    for _ in range(5):
+        sampler.sample()
+    assert sampler.per_process_peak == 480.0 and sampler.unified_peak == 1650.0
+    mib, source = gpu_memory_mib("onnxruntime-cuda", 900.0, sampler)
+    assert (mib, source) == (480.0, "per process (NVML or nvmap), peak during the run")
+    only_system = GpuPeakSampler(readers=(None, unified))
+    only_system.unified_peak = 1650.0
+    mib, source = gpu_memory_mib("onnxruntime-tensorrt", 1000.0, only_system)
+    if mib is not None and "per process" not in source:  # this host's own per-process reader says nothing
+        assert mib == 650.0 and "growth" in source
+    assert gpu_memory_mib("onnxruntime-cpu", None, sampler) == (0.0, "CPU backend")
+    # A sampler with no reader starts no thread and stops cleanly.
+    idle = GpuPeakSampler(readers=(None, None))
+    idle.start()
+    idle.stop()
+    assert idle.per_process_peak is None

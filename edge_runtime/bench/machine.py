@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +27,72 @@ def gpu_reader() -> tuple[Any, Any]:
     return gpu_memory_used_mib, unified_memory_used_mib
 
 
-def gpu_memory_mib(backend: str, unified_before: float | None) -> tuple[float | None, str]:
-    """GPU memory this process holds, and where the figure comes from; None when the platform does not say."""
+class GpuPeakSampler:
+    """Polls this process's GPU memory and the Jetson's system-wide nvmap total while a run goes on, keeping
+    each one's peak: read once the run has returned, the backend is closed and its GPU memory released, so a
+    figure read then overstates the headroom.
+
+    ``readers``: (per-process reader, system-wide reader), each returning MiB or None; ``gpu_reader()`` by
+    default. Readers that fail count as not exposed.
+    """
+
+    def __init__(self, interval_s: float = 0.25, readers: tuple[Any, Any] | None = None) -> None:
+        self._per_process, self._unified = readers if readers is not None else gpu_reader()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-gpu", daemon=True)
+        self.per_process_peak: float | None = None
+        self.unified_peak: float | None = None
+
+    def sample(self) -> None:
+        """One reading of each figure, kept when it is the largest so far."""
+        for reader, attr in ((self._per_process, "per_process_peak"), (self._unified, "unified_peak")):
+            if reader is None:
+                continue
+            try:
+                value = reader()
+            except Exception:  # a GPU library that fails mid-run must not end the bench
+                value = None
+            if value is not None and (getattr(self, attr) is None or value > getattr(self, attr)):
+                setattr(self, attr, float(value))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def start(self) -> None:
+        if self._per_process is not None or self._unified is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def gpu_memory_mib(
+    backend: str, unified_before: float | None, during: GpuPeakSampler | None = None
+) -> tuple[float | None, str]:
+    """GPU memory this process held, and where the figure comes from; None when the platform does not say.
+
+    ``during``: the peaks sampled while the run went on (preferred: after the run the backend is closed);
+    without it, or when it saw nothing, one reading now."""
     per_process, unified = gpu_reader()
     if per_process is None:
         return None, "no GPU memory reader in this build"
     if backend == "onnxruntime-cpu":
         # NVML would answer with other processes' memory: this process holds none.
         return 0.0, "CPU backend"
+    if during is not None and during.per_process_peak is not None:
+        return during.per_process_peak, "per process (NVML or nvmap), peak during the run"
     value = per_process()
     if value is not None:
-        return float(value), "per process (NVML or nvmap)"
-    after = unified() if unified is not None else None
+        return float(value), "per process (NVML or nvmap), after the run"
+    after = during.unified_peak if during is not None and during.unified_peak is not None else None
+    if after is None and unified is not None:
+        after = unified()
     if unified_before is not None and after is not None:
-        return max(0.0, float(after) - float(unified_before)), "system-wide nvmap growth during the run"
+        return max(0.0, float(after) - float(unified_before)), "system-wide nvmap growth during the run (peak)"
     return None, "not exposed here"
 
 

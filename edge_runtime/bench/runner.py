@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.bench.machine import MIB, describe_machine, gpu_memory_mib, gpu_reader
+from edge_runtime.bench.machine import MIB, GpuPeakSampler, describe_machine, gpu_memory_mib, gpu_reader
 from edge_runtime.bench.report import BenchReport, Limits
 from edge_runtime.bench.synthetic import SyntheticSource
 from edge_runtime.bundle import load_bundle
@@ -112,6 +112,8 @@ def run_bench(options: BenchOptions) -> BenchReport:
     unified_before = unified() if unified is not None else None
     sampler = RssPeakSampler(_SAMPLE_S, name="bench-rss")
     sampler.start()
+    gpu_sampler = GpuPeakSampler()
+    gpu_sampler.start()
     tmp_state: Path | None = None
     tmp_bundle: Path | None = None
     try:
@@ -160,12 +162,13 @@ def run_bench(options: BenchOptions) -> BenchReport:
         )
     finally:
         peak_rss = sampler.stop()
+        gpu_sampler.stop()
         for tmp in (tmp_state, tmp_bundle):
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     hwm = vm_hwm_bytes()
-    gpu_mib, gpu_source = gpu_memory_mib(summary.backend, unified_before)
+    gpu_mib, gpu_source = gpu_memory_mib(summary.backend, unified_before, gpu_sampler)
     if len(timings) <= options.warmup:
         raise InputError(
             f"only {len(timings)} frame(s) went through the pipeline, {options.warmup} of them warm-up: "

@@ -22,7 +22,7 @@ from edge_runtime.builder.finetune import should_finetune
 from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.inputs import default_cache_dir, load_inputs, measurement_plan
 from edge_runtime.builder.pipeline import prepare_backbone
-from edge_runtime.builder.quantize import make_variant
+from edge_runtime.builder.quantize import image_input, make_variant
 from edge_runtime.builder.readiness import ReadinessReport, read_history, run_readiness, write_report
 from edge_runtime.profile import load_profile
 
@@ -68,7 +68,13 @@ def run_check(
         if prepared.twin is not None:
             features = twin_features(prepared.twin, model_path, inputs, prof, size, seed, work)
         log.info("measuring the fp32 model's footprint in a fresh process")
-        m = plan.measure(model_path, size, runs=runs, embedding_output=inputs.embedding_output)
+        m = plan.measure(
+            model_path,
+            size,
+            runs=runs,
+            embedding_output=inputs.embedding_output,
+            input_name=image_input(prepared.model).name,
+        )
         model_file_mib = model_path.stat().st_size / MIB
         log.info("embedding %d images with the fp32 model at %d px", len(inputs.labels), size)
         fitted = fit_catalogue_head(

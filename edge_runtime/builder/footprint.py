@@ -66,8 +66,17 @@ def measure_in_subprocess(
     embedding_output: str = "embedding",
     timeout_s: float = 600.0,
     tensor_bytes: int = 0,
+    precision: str = "fp32",
+    budget_mib: float | None = None,
+    max_batch: int | None = None,
+    image_input: tuple[str, int] | None = None,
 ) -> Measurement:
-    """Run the child (``edge_runtime.run.footprint_probe``) and parse the one JSON line it prints."""
+    """Run the child (``edge_runtime.run.footprint_probe``) and parse the one JSON line it prints.
+
+    ``precision``, ``budget_mib``, ``max_batch`` and ``image_input`` (name, S) open a GPU backend as edge-run
+    does (a TensorRT engine built without them is another engine, with another footprint); the engine cache
+    lives in a folder of the child's own, removed with it, so every variant is measured with a cold build as on
+    a freshly flashed device."""
     cmd = [
         sys.executable,
         "-m",
@@ -92,7 +101,15 @@ def measure_in_subprocess(
         str(tensor_bytes),
         "--embedding-output",
         embedding_output,
+        "--precision",
+        precision,
     ]
+    if budget_mib is not None:
+        cmd += ["--budget-mib", str(budget_mib)]
+    if max_batch is not None:
+        cmd += ["--max-batch", str(max_batch)]
+    if image_input is not None:
+        cmd += ["--input-name", image_input[0], "--input-size", str(image_input[1])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

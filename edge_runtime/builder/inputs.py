@@ -77,13 +77,27 @@ class MeasurementPlan:
     threads: int
     frame_bytes: int
     regions_per_frame: int
+    # What edge-run gives a GPU backend, so the measured engine is the one the device builds: the memory budget
+    # (workspace and arena limits) and the largest batch (the engine's profile). Ignored by the CPU backend.
+    budget_mib: float | None = None
+    max_batch: int | None = None
 
     def tensor_bytes(self, input_size: int) -> int:
         """Bytes of edge-run's tensor queue at this input size."""
         return tensor_queue_bytes(self.regions_per_frame, input_size)
 
-    def measure(self, model: Path, input_size: int, *, runs: int, embedding_output: str) -> Measurement:
-        """Footprint and latency of ``model`` in a fresh process that holds what edge-run holds."""
+    def measure(
+        self,
+        model: Path,
+        input_size: int,
+        *,
+        runs: int,
+        embedding_output: str,
+        precision: str = "fp32",
+        input_name: str = "image",
+    ) -> Measurement:
+        """Footprint and latency of ``model`` in a fresh process that holds what edge-run holds, opened with the
+        settings edge-run opens it with (precision, memory budget, largest batch)."""
         return measure_in_subprocess(
             model,
             backend=self.backend,
@@ -92,6 +106,10 @@ class MeasurementPlan:
             runs=runs,
             embedding_output=embedding_output,
             tensor_bytes=self.tensor_bytes(input_size),
+            precision=precision,
+            budget_mib=self.budget_mib,
+            max_batch=self.max_batch,
+            image_input=(input_name, input_size),
         )
 
 
@@ -193,5 +211,12 @@ def measurement_plan(profile: DeviceProfile) -> MeasurementPlan:
     if host_estimate:
         log.warning("figures are host estimates (%s); confirm on the device with edge-bench", why)
     return MeasurementPlan(
-        backend, host_estimate, why, profile.backend.threads, frame_queue_bytes(profile), regions_per_frame(profile)
+        backend,
+        host_estimate,
+        why,
+        profile.backend.threads,
+        frame_queue_bytes(profile),
+        regions_per_frame(profile),
+        budget_mib=float(profile.device.memory_budget_mib),
+        max_batch=profile.regions.max_regions,
     )

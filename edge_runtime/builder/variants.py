@@ -21,7 +21,7 @@ from edge_runtime.builder.embedding import HeadFeatures, catalogue_colour, embed
 from edge_runtime.builder.footprint import MIB
 from edge_runtime.builder.holdout import CalibrationTwin
 from edge_runtime.builder.inputs import BuildInputs, MeasurementPlan
-from edge_runtime.builder.quantize import Int8Scheme, int8_scheme_for, make_variant
+from edge_runtime.builder.quantize import Int8Scheme, image_input, int8_scheme_for, make_variant
 from edge_runtime.builder.ranking import OOD_DROP_LIMIT, fit_ranking, heldout_ood, heldout_top1, stand_in_new_classes
 from edge_runtime.head.prototypes import PrototypeTable, l2_normalise
 from edge_runtime.profile import DeviceProfile
@@ -107,7 +107,17 @@ def make_variants(
             features[variant] = feats
             candidates.extend(
                 measure_variant(
-                    variant, path, feats, fp32, labels, n_classes, profile, plan, runs, inputs.embedding_output
+                    variant,
+                    path,
+                    feats,
+                    fp32,
+                    labels,
+                    n_classes,
+                    profile,
+                    plan,
+                    runs,
+                    inputs.embedding_output,
+                    input_name=image_input(backbone).name,
                 )
             )
     for c in candidates:
@@ -133,13 +143,21 @@ def measure_variant(
     plan: MeasurementPlan,
     runs: int,
     embedding_output: str,
+    input_name: str = "image",
 ) -> list[Candidate]:
     """One candidate per table precision for a model variant: footprint and latency measured in a fresh
     process; held-out top-1 on ``features.split``, and agreement with ``fp32``, the fp32 variant at the same
     input size."""
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
-    measurement = plan.measure(path, variant.input_size, runs=runs, embedding_output=embedding_output)
+    measurement = plan.measure(
+        path,
+        variant.input_size,
+        runs=runs,
+        embedding_output=embedding_output,
+        precision=variant.precision,
+        input_name=input_name,
+    )
     # Quantisation is judged on the embeddings alone; ranking on what the head will read, as the model that
     # makes the choices embeds it (the calibration twin of a fine-tuned build).
     cos = np.sum(l2_normalise(features.embeddings) * l2_normalise(fp32.embeddings), axis=1)

@@ -16,9 +16,12 @@ bundle, and the footprint is meant to predict edge-run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -57,8 +60,20 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
     # edge-run's tensor queue: prepared region batches waiting for the backend, held for the whole run.
     tensors = np.ones(max(args.tensor_bytes, 0), dtype=np.uint8)
+    # Opened as edge-run opens it: a GPU engine built without the precision, budget and batch profile is
+    # another engine with another footprint. Its cache is this process's own, gone with it.
+    engines = Path(tempfile.mkdtemp(prefix="edge-probe-"))
+    atexit.register(shutil.rmtree, engines, True)
     backend = create_backend(
-        args.backend, Path(args.model), threads=args.threads, embedding_output=args.embedding_output
+        args.backend,
+        Path(args.model),
+        threads=args.threads,
+        embedding_output=args.embedding_output,
+        precision=args.precision,
+        budget_mib=args.budget_mib,
+        state_dir=engines,
+        max_batch=args.max_batch,
+        image_input=(args.input_name, args.input_size) if args.input_size else None,
     )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(args.batch, 3, backend.input_size, backend.input_size)).astype(np.float32)
@@ -190,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queued-frames", type=int, required=True, help="camera frames frame-bytes counts")
     parser.add_argument("--tensor-bytes", type=int, default=0)
     parser.add_argument("--embedding-output", default="embedding")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--budget-mib", type=float, default=None)
+    parser.add_argument("--max-batch", type=int, default=None)
+    parser.add_argument("--input-name", default="image")
+    parser.add_argument("--input-size", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         result = measure(args)

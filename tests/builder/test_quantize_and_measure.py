@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,20 @@ def test_footprint_measured_in_a_subprocess(tiny_model_path: Path) -> None:
         tiny_model_path, backend="onnxruntime-cpu", threads=1, runs=5, warmup=1, tensor_bytes=frame_bytes
     )
     assert tensors.peak_rss_mib - small.peak_rss_mib > 0.8 * 64  # so is the tensor queue
+
+
+def test_the_footprint_child_opens_the_model_with_edge_runs_settings(tiny_model_path: Path, tmp_path: Path) -> None:
+    """Precision, budget, batch profile and input reach the child's backend (a GPU engine built without them is
+    another engine); the CPU backend takes and ignores them, and the child's engine folder goes with it."""
+    before = set(Path(tempfile.gettempdir()).glob("edge-probe-*"))
+    m = measure_in_subprocess(
+        tiny_model_path, backend="onnxruntime-cpu", threads=1, runs=3, warmup=1,
+        precision="int8", budget_mib=512.0, max_batch=4, image_input=("image", 64),
+    )  # fmt: skip
+    assert m.backend == "onnxruntime-cpu" and m.latency_ms_p50 > 0
+    assert set(Path(tempfile.gettempdir()).glob("edge-probe-*")) == before
+    with pytest.raises(ModelError, match="measurement process failed"):
+        measure_in_subprocess(tiny_model_path, backend="onnxruntime-cpu", threads=1, runs=1, precision="int4")
 
 
 def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:

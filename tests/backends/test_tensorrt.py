@@ -181,6 +181,32 @@ def test_engine_reuse_and_rebuild_decisions(tmp_path: Path, tiny_model_path: Pat
     trt_engine._trt_logger.cache_clear()
 
 
+def test_an_api_a_newer_tensorrt_dropped_is_a_model_error_that_allows_fallback(tiny_model_path: Path) -> None:
+    """TensorRT 11 has no BuilderFlag.FP16: the AttributeError must become a ModelError (an EdgeError, so edge-run
+    can fall back), naming the version and the supported range. The module is a stand-in (no TensorRT here)."""
+
+    class _Network:
+        num_inputs = 1
+
+    class _Builder:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> _Network:
+            raise AttributeError("module 'tensorrt' has no attribute 'NetworkDefinitionCreationFlag'")
+
+    class _Trt11:
+        __version__ = "11.0.0"
+        Logger = _FakeLogger
+        Builder = _Builder
+
+    trt_engine._trt_logger.cache_clear()
+    with pytest.raises(ModelError, match=r"TensorRT 11\.0\.0 failed while building") as info:
+        trt_engine._build_serialized(_Trt11, tiny_model_path, "fp16", 256, 4, None)
+    assert "8.6 to 10.x" in (info.value.hint or "")
+    trt_engine._trt_logger.cache_clear()
+
+
 class _FakeDevice:
     """A numpy 'GPU' with the CUDA wrapper's interface: buffers are bytearrays keyed by fake addresses."""
 

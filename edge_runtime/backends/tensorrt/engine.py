@@ -34,7 +34,7 @@ from edge_runtime.backends.tensorrt.cache import (
 )
 from edge_runtime.backends.tensorrt.cuda import CudaBinding, CudaError, open_cuda
 from edge_runtime.backends.tensorrt.probe import TRT_INSTALL_HINT
-from edge_runtime.errors import ModelError, UsageError
+from edge_runtime.errors import EdgeError, ModelError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,32 @@ def _build_serialized(
     max_batch: int,
     timing_cache: Path | None,
 ) -> tuple[bytes, float]:
-    """Parse the ONNX model, configure the builder, build; (engine bytes, seconds spent in the build)."""
+    """Parse the ONNX model, configure the builder, build; (engine bytes, seconds spent in the build).
+
+    Anything TensorRT raises that is not one of our errors (an API a newer TensorRT dropped, such as
+    ``BuilderFlag.FP16`` in TensorRT 11; a pybind11 error) becomes a ModelError: edge-run then falls back to
+    the next backend where the profile allows it, instead of ending on a traceback."""
+    try:
+        return _build_serialized_unchecked(trt, model_path, precision, budget_mib, max_batch, timing_cache)
+    except EdgeError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"{model_path}: TensorRT {getattr(trt, '__version__', '?')} failed while building the engine "
+            f"({type(exc).__name__}: {exc})",
+            hint="edge_runtime supports TensorRT 8.6 to 10.x (the [tensorrt] extra pins 10.x); "
+            "or list a fallback backend in backend.prefer with backend.allow_fallback = true",
+        ) from None
+
+
+def _build_serialized_unchecked(
+    trt: Any,
+    model_path: Path,
+    precision: str | None,
+    budget_mib: float | None,
+    max_batch: int,
+    timing_cache: Path | None,
+) -> tuple[bytes, float]:
     logger = _trt_logger(trt)
     try:
         builder = trt.Builder(logger)

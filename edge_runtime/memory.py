@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
+from collections.abc import Callable
 
 import psutil
 
@@ -23,26 +23,57 @@ def vm_hwm_bytes() -> int:
     return 0
 
 
-class RssPeakSampler(threading.Thread):
+class PeakSampler(threading.Thread):
+    """Polls ``reader`` every ``interval_s`` and keeps the largest value it returned: a figure read once a run is
+    over misses its transient peaks, and a GPU figure read after the backend closed misses the model entirely.
+    A reading of None, or one that raises, is skipped (a GPU library that fails mid-run must not end the run);
+    ``peak`` stays None until a reading arrives."""
+
+    def __init__(self, reader: Callable[[], float | None], interval_s: float, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._reader = reader
+        self.interval_s = interval_s
+        self.peak: float | None = None
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        """One reading, kept when it is the largest so far."""
+        try:
+            value = self._reader()
+        except Exception:
+            return
+        if value is not None and (self.peak is None or value > self.peak):
+            self.peak = float(value)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s):
+            self.sample()
+
+    def halt(self) -> float | None:
+        """Stop sampling (after one last reading); the peak, None when nothing was read."""
+        self._halt.set()
+        if self.is_alive():
+            self.join()
+        self.sample()
+        return self.peak
+
+
+class RssPeakSampler(PeakSampler):
     """Samples the resident set often enough to catch transient peaks (a session initialising, say), for
     kernels without VmHWM and as a cross-check of it."""
 
     def __init__(self, interval_s: float = 0.002, name: str = "rss-peak") -> None:
-        super().__init__(name=name, daemon=True)
-        self._proc = psutil.Process()
-        self.interval_s = interval_s
-        self.peak = self._proc.memory_info().rss
-        self._halt = threading.Event()
+        proc = psutil.Process()
 
-    def run(self) -> None:
-        while not self._halt.wait(self.interval_s):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._proc.memory_info().rss)
+        def rss() -> float | None:
+            try:
+                return float(proc.memory_info().rss)
+            except psutil.Error:
+                return None
+
+        super().__init__(rss, interval_s, name)
+        self.sample()
 
     def stop(self) -> int:
         """Stop sampling; the highest RSS seen, in bytes."""
-        self._halt.set()
-        self.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-        return self.peak
+        return int(self.halt() or 0)

@@ -211,8 +211,9 @@ def test_gpu_memory_is_the_peak_sampled_during_the_run() -> None:
     assert sampler.per_process_peak == 480.0 and sampler.unified_peak == 1650.0
     mib, source = gpu_memory_mib("onnxruntime-cuda", 900.0, sampler)
     assert (mib, source) == (480.0, "per process (NVML or nvmap), peak during the run")
-    only_system = GpuPeakSampler(readers=(None, unified))
-    only_system.unified_peak = 1650.0
+    only_system = GpuPeakSampler(readers=(None, lambda: 1650.0))
+    only_system.sample()
+    assert only_system.per_process_peak is None and only_system.unified_peak == 1650.0
     mib, source = gpu_memory_mib("onnxruntime-tensorrt", 1000.0, only_system)
     if mib is not None and "per process" not in source:  # this host's own per-process reader says nothing
         assert mib == 650.0 and "growth" in source

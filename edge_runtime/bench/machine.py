@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from edge_runtime.memory import PeakSampler
 
 MIB = 1024 * 1024
 
@@ -28,46 +29,41 @@ def gpu_reader() -> tuple[Any, Any]:
 
 
 class GpuPeakSampler:
-    """Polls this process's GPU memory and the Jetson's system-wide nvmap total while a run goes on, keeping
-    each one's peak: read once the run has returned, the backend is closed and its GPU memory released, so a
-    figure read then overstates the headroom.
-
-    ``readers``: (per-process reader, system-wide reader), each returning MiB or None; ``gpu_reader()`` by
-    default. Readers that fail count as not exposed.
-    """
+    """This process's GPU memory and the Jetson's system-wide nvmap total, each polled while a run goes on
+    (``memory.PeakSampler``): read once the run has returned, the backend is closed and its GPU memory
+    released, so a figure read then overstates the headroom. ``readers``: (per-process, system-wide), each
+    returning MiB or None; ``gpu_reader()`` by default."""
 
     def __init__(self, interval_s: float = 0.25, readers: tuple[Any, Any] | None = None) -> None:
-        self._per_process, self._unified = readers if readers is not None else gpu_reader()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="bench-gpu", daemon=True)
-        self.per_process_peak: float | None = None
-        self.unified_peak: float | None = None
+        per_process, unified = readers if readers is not None else gpu_reader()
+        self._samplers = [
+            PeakSampler(reader, interval_s, name) if reader is not None else None
+            for reader, name in ((per_process, "bench-gpu"), (unified, "bench-nvmap"))
+        ]
+
+    @property
+    def per_process_peak(self) -> float | None:
+        return self._samplers[0].peak if self._samplers[0] is not None else None
+
+    @property
+    def unified_peak(self) -> float | None:
+        return self._samplers[1].peak if self._samplers[1] is not None else None
 
     def sample(self) -> None:
-        """One reading of each figure, kept when it is the largest so far."""
-        for reader, attr in ((self._per_process, "per_process_peak"), (self._unified, "unified_peak")):
-            if reader is None:
-                continue
-            try:
-                value = reader()
-            except Exception:  # a GPU library that fails mid-run must not end the bench
-                value = None
-            if value is not None and (getattr(self, attr) is None or value > getattr(self, attr)):
-                setattr(self, attr, float(value))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.sample()
+        """One reading of each figure."""
+        for sampler in self._samplers:
+            if sampler is not None:
+                sampler.sample()
 
     def start(self) -> None:
-        if self._per_process is not None or self._unified is not None:
-            self._thread.start()
+        for sampler in self._samplers:
+            if sampler is not None:
+                sampler.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        for sampler in self._samplers:
+            if sampler is not None and sampler.is_alive():
+                sampler.halt()
 
 
 def gpu_memory_mib(

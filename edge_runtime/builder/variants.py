@@ -70,6 +70,7 @@ def make_variants(
     files: dict[ModelVariant, Path] = {}
     features: dict[ModelVariant, HeadFeatures] = {}
     decisions: HeadFeatures | None = None  # the first fp32 embedding: the split and the colour decision
+    input_name = image_input(backbone).name  # the engine profile of a measured GPU variant is given per input
     for size in b.input_sizes:
         fp32: HeadFeatures | None = None
         # Needed to decide at the first size, and at later sizes only when the decision kept it.
@@ -117,7 +118,7 @@ def make_variants(
                     plan,
                     runs,
                     inputs.embedding_output,
-                    input_name=image_input(backbone).name,
+                    input_name=input_name,
                 )
             )
     for c in candidates:
@@ -146,8 +147,8 @@ def measure_variant(
     input_name: str = "image",
 ) -> list[Candidate]:
     """One candidate per table precision for a model variant: footprint and latency measured in a fresh
-    process; held-out top-1 on ``features.split``, and agreement with ``fp32``, the fp32 variant at the same
-    input size."""
+    process; held-out top-1 on ``features.split``, agreement with ``fp32``, the fp32 variant at the same input
+    size, and new-product detection on held-out SKUs against fp32's (``ood_violation``)."""
     b = profile.backend
     log.info("variant %s: measuring footprint and latency in a fresh process", variant.name)
     measurement = plan.measure(

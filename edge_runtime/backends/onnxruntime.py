@@ -36,7 +36,7 @@ from types import MappingProxyType
 import numpy as np
 import onnxruntime as ort
 
-from edge_runtime.backends.base import TensorSpec
+from edge_runtime.backends.base import DEFAULT_MAX_BATCH, TensorSpec
 from edge_runtime.errors import ModelError, UsageError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def trt_cache_dir(state_dir: Path, precision: str, model: str | None = None) -> 
 def trt_profile_shapes(name: str, size: int, max_batch: int) -> dict[str, OptionValue]:
     """The TensorRT EP's optimisation profile for a ``[N, 3, size, size]`` input called ``name``: batches 1 to
     ``max_batch``, tuned for 1 (full-frame regions, the default, send one region per frame)."""
-    if size < 1 or max_batch < 1 or not name or any(c in name for c in ":,x"):
+    if size < 1 or max_batch < 1 or not name or any(c in name for c in ":,"):  # the option's own separators
         raise UsageError(
             f"cannot give TensorRT an engine profile for input {name!r} of {size} px, batch {max_batch}",
             hint="rebuild the bundle with edge-build (its manifest records the model's input)",
@@ -165,7 +165,7 @@ def provider_plan(
     device_id: int = 0,
     model: str | None = None,
     image_input: tuple[str, int] | None = None,
-    max_batch: int = 16,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> ProviderPlan:
     """The providers and options for one backend; pure (no GPU, no file system access).
 

@@ -85,6 +85,7 @@ Probe = Callable[[], str | None]  # None when usable here, else the reason it is
 
 def _ort_factory(provider: str) -> Factory:
     def make(model: Path, opts: BackendOptions) -> Backend:
+        from edge_runtime.backends.gpumem import is_jetson
         from edge_runtime.backends.onnxruntime import OrtBackend, model_key, provider_plan
 
         # The TensorRT EP's engine cache is named by the model's digest (a rebuilt model.onnx gets a new engine).
@@ -97,6 +98,7 @@ def _ort_factory(provider: str) -> Factory:
             model=key,
             image_input=opts.image_input,
             max_batch=opts.max_batch,
+            jetson=provider != "cpu" and is_jetson(),
         )
         return OrtBackend(
             model,
@@ -111,10 +113,12 @@ def _ort_factory(provider: str) -> Factory:
 
 def _ort_raw_factory(provider: str) -> RawFactory:
     def make(model: Path, opts: BackendOptions) -> RawModel:
+        from edge_runtime.backends.gpumem import is_jetson
         from edge_runtime.backends.onnxruntime import OrtModel, model_key, provider_plan
 
         key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
-        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key)
+        jetson = provider != "cpu" and is_jetson()
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key, jetson=jetson)
         return OrtModel(model, threads=opts.threads, plan=plan, allow_fallback=opts.allow_fallback)
 
     return make

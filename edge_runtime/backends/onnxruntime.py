@@ -166,6 +166,7 @@ def provider_plan(
     model: str | None = None,
     image_input: tuple[str, int] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    jetson: bool = False,
 ) -> ProviderPlan:
     """The providers and options for one backend; pure (no GPU, no file system access).
 
@@ -176,7 +177,9 @@ def provider_plan(
     model's ``model_key``, which the engine cache folder is named by. ``image_input`` (name, S) of a
     ``[N, 3, S, S]`` model gives the TensorRT EP an explicit profile for batches 1..``max_batch``: without one it
     builds its engine for the first batch it sees and rebuilds it whenever a larger one arrives (minutes of
-    stalled inference on a Jetson).
+    stalled inference on a Jetson). ``jetson``: the CUDA EP picks convolution algorithms by cuDNN's heuristics
+    instead of trying every one (the default search allocates each candidate's workspace from the memory the
+    CPU shares, and adds seconds to the first inference).
     """
     backend = _backend_name(backend_name)
     precision = precision or "fp32"
@@ -190,6 +193,8 @@ def provider_plan(
             options.append({})
         elif short == "cuda":
             cuda: dict[str, OptionValue] = {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}
+            if jetson:
+                cuda["cudnn_conv_algo_search"] = "HEURISTIC"
             if budget_mib is not None:
                 cuda["gpu_mem_limit"] = int(budget_mib * CUDA_ARENA_FRACTION) * MIB
             options.append(cuda)

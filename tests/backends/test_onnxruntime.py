@@ -83,6 +83,16 @@ def test_tensorrt_ep_engines_are_kept_per_model(tmp_path: Path) -> None:
     assert folders[0] != folders[1] and all(str(f).endswith(k) for f, k in zip(folders, keys, strict=True))
 
 
+def test_on_a_jetson_the_cuda_ep_picks_convolutions_by_heuristics() -> None:
+    for backend, provider in (
+        ("onnxruntime-cuda", "CUDAExecutionProvider"),
+        ("onnxruntime-tensorrt", "CUDAExecutionProvider"),
+    ):
+        jetson = provider_plan(backend, "fp16", 2048, None, jetson=True).options_for(provider)
+        assert jetson["cudnn_conv_algo_search"] == "HEURISTIC"
+        assert "cudnn_conv_algo_search" not in provider_plan(backend, "fp16", 2048, None).options_for(provider)
+
+
 def test_tensorrt_ep_gets_an_engine_profile_for_every_batch_up_to_the_largest() -> None:
     """Without explicit profile shapes the EP builds for the first batch and rebuilds on every larger one."""
     plan = provider_plan("onnxruntime-tensorrt", "fp16", 2048, None, image_input=("image", 224), max_batch=8)

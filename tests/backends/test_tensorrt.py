@@ -181,7 +181,9 @@ def test_engine_reuse_and_rebuild_decisions(tmp_path: Path, tiny_model_path: Pat
     trt_engine._trt_logger.cache_clear()
 
 
-def test_an_api_a_newer_tensorrt_dropped_is_a_model_error_that_allows_fallback(tiny_model_path: Path) -> None:
+def test_an_api_a_newer_tensorrt_dropped_is_a_model_error_that_allows_fallback(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     """TensorRT 11 has no BuilderFlag.FP16: the AttributeError must become a ModelError (an EdgeError, so edge-run
     can fall back), naming the version and the supported range. The module is a stand-in (no TensorRT here)."""
 
@@ -195,14 +197,14 @@ def test_an_api_a_newer_tensorrt_dropped_is_a_model_error_that_allows_fallback(t
         def create_network(self, flags: int) -> _Network:
             raise AttributeError("module 'tensorrt' has no attribute 'NetworkDefinitionCreationFlag'")
 
-    class _Trt11:
+    class _Trt11(_FakeTrt):
         __version__ = "11.0.0"
-        Logger = _FakeLogger
         Builder = _Builder
 
+    cuda = SimpleNamespace(device_info=lambda: ("Orin (nvgpu)", "8.7"))
     trt_engine._trt_logger.cache_clear()
     with pytest.raises(ModelError, match=r"TensorRT 11\.0\.0 failed while building") as info:
-        trt_engine._build_serialized(_Trt11, tiny_model_path, "fp16", 256, 4, None)
+        trt_engine._ensure_engine(_Trt11, cuda, tiny_model_path, tmp_path, "fp16", 256, 4)
     assert "8.6 to 10.x" in (info.value.hint or "")
     trt_engine._trt_logger.cache_clear()
 

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +66,13 @@ def _has_qdq(trt: Any, network: Any) -> bool:
     return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
-def _build_serialized(
-    trt: Any,
-    model_path: Path,
-    precision: str | None,
-    budget_mib: float | None,
-    max_batch: int,
-    timing_cache: Path | None,
-) -> tuple[bytes, float]:
-    """Parse the ONNX model, configure the builder, build; (engine bytes, seconds spent in the build).
-
-    Anything TensorRT raises that is not one of our errors (an API a newer TensorRT dropped, such as
+@contextlib.contextmanager
+def _tensorrt_errors(trt: Any, model_path: Path) -> Iterator[None]:
+    """Anything TensorRT raises that is not one of our errors (an API a newer TensorRT dropped, such as
     ``BuilderFlag.FP16`` in TensorRT 11; a pybind11 error) becomes a ModelError: edge-run then falls back to
     the next backend where the profile allows it, instead of ending on a traceback."""
     try:
-        return _build_serialized_unchecked(trt, model_path, precision, budget_mib, max_batch, timing_cache)
+        yield
     except EdgeError:
         raise
     except Exception as exc:
@@ -91,7 +84,7 @@ def _build_serialized(
         ) from None
 
 
-def _build_serialized_unchecked(
+def _build_serialized(
     trt: Any,
     model_path: Path,
     precision: str | None,
@@ -99,6 +92,7 @@ def _build_serialized_unchecked(
     max_batch: int,
     timing_cache: Path | None,
 ) -> tuple[bytes, float]:
+    """Parse the ONNX model, configure the builder, build; (engine bytes, seconds spent in the build)."""
     logger = _trt_logger(trt)
     try:
         builder = trt.Builder(logger)
@@ -204,9 +198,9 @@ def _ensure_engine(
             log.info("TensorRT engine reused: %s", why_now)
             return path, 0.0, engine, runtime
         log.info("TensorRT engine (re)build: %s", why)
-        data, seconds = _build_serialized(
-            trt, Path(model_path), precision, budget_mib, max_batch, timing_cache_path(state_dir, trt.__version__, cc)
-        )
+        timing = timing_cache_path(state_dir, trt.__version__, cc)
+        with _tensorrt_errors(trt, Path(model_path)):
+            data, seconds = _build_serialized(trt, Path(model_path), precision, budget_mib, max_batch, timing)
         write_cached_engine(path, key, fields, data, seconds)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:

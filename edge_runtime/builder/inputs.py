@@ -93,8 +93,8 @@ class MeasurementPlan:
         *,
         runs: int,
         embedding_output: str,
+        input_name: str,
         precision: str = "fp32",
-        input_name: str = "image",
     ) -> Measurement:
         """Footprint and latency of ``model`` in a fresh process that holds what edge-run holds, opened with the
         settings edge-run opens it with (precision, memory budget, largest batch)."""

@@ -7,6 +7,8 @@ variant; this ranking only has to order variants (and colour on or off) the way 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from edge_runtime.head.projection import Projection, fit_lda
@@ -61,27 +63,32 @@ def heldout_ood(
     split: tuple[np.ndarray, np.ndarray],
     new_classes: np.ndarray,
     n_classes: int,
-    table_precision: Precision,
-) -> tuple[float, int]:
+    table_precisions: Sequence[Precision],
+) -> tuple[dict[Precision, float], int]:
     """New-product detection at ``OOD_KEEP`` retention of held-out known images, by max cosine to the known SKUs'
-    centroids (the ranking projection fitted without the new SKUs), and the number of new-product images it
-    is measured on: nan when there are no new SKUs."""
+    centroids (the ranking projection fitted once, without the new SKUs), for each table precision; and the
+    number of new-product images it is measured on. nan when there are no new SKUs."""
+    nothing: tuple[dict[Precision, float], int] = ({tp: float("nan") for tp in table_precisions}, 0)
     if len(new_classes) == 0 or n_classes - len(new_classes) < 2:
-        return float("nan"), 0
+        return nothing
     train_idx, eval_idx = split
     is_new = np.isin(labels, new_classes)
     fit = train_idx[~is_new[train_idx]]
     known = eval_idx[~is_new[eval_idx]]
     if len(known) == 0 or len(fit) == 0:
-        return float("nan"), 0
+        return nothing
     # Centroids of the known SKUs with photos on the fitting side, renumbered 0..K-1.
     kept = np.unique(labels[fit])
     renumber = np.full(n_classes, -1, dtype=np.int64)
     renumber[kept] = np.arange(len(kept))
     proj, centroids = fit_ranking(feats[fit], renumber[labels[fit]], np.arange(len(fit)), len(kept))
-    table = PrototypeTable.from_float(centroids, table_precision)
-    _, known_score = nearest(table, proj.apply(feats[known]), k=1)
-    _, new_score = nearest(table, proj.apply(feats[is_new]), k=1)
-    # Lower cosine = stranger; the threshold keeps OOD_KEEP of the known images.
-    threshold = float(np.quantile(known_score[:, 0], 1.0 - OOD_KEEP, method="lower"))
-    return float(np.mean(new_score[:, 0] < threshold)), int(is_new.sum())
+    known_feats, new_feats = proj.apply(feats[known]), proj.apply(feats[is_new])
+    out: dict[Precision, float] = {}
+    for tp in table_precisions:
+        table = PrototypeTable.from_float(centroids, tp)
+        _, known_score = nearest(table, known_feats, k=1)
+        _, new_score = nearest(table, new_feats, k=1)
+        # Lower cosine = stranger; the threshold keeps OOD_KEEP of the known images.
+        threshold = float(np.quantile(known_score[:, 0], 1.0 - OOD_KEEP, method="lower"))
+        out[tp] = float(np.mean(new_score[:, 0] < threshold))
+    return out, int(is_new.sum())

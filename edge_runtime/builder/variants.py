@@ -144,7 +144,8 @@ def measure_variant(
     plan: MeasurementPlan,
     runs: int,
     embedding_output: str,
-    input_name: str = "image",
+    *,
+    input_name: str,
 ) -> list[Candidate]:
     """One candidate per table precision for a model variant: footprint and latency measured in a fresh
     process; held-out top-1 on ``features.split``, agreement with ``fp32``, the fp32 variant at the same input
@@ -172,12 +173,13 @@ def measure_variant(
     # New-product detection, judged like top-1: the calibration model's held-out SKUs in a fine-tuned build.
     holdout = features.holdout or fp32.holdout
     new_classes = holdout.new_classes if holdout is not None else stand_in_new_classes(n_classes)
-    ref_ood, n_new = heldout_ood(ref.head_input, labels, judged.split, new_classes, n_classes, "fp32")
+    ref_ood = heldout_ood(ref.head_input, labels, judged.split, new_classes, n_classes, ["fp32"])[0]["fp32"]
+    oods, n_new = heldout_ood(judged.head_input, labels, judged.split, new_classes, n_classes, b.table_precisions)
     out = []
     for tp in b.table_precisions:
         table = PrototypeTable.from_float(centroids, tp)
         top1, pred = heldout_top1(table, proj.apply(judged.head_input[eval_idx]), labels[eval_idx])
-        ood, _ = heldout_ood(judged.head_input, labels, judged.split, new_classes, n_classes, tp)
+        ood = oods[tp]
         accuracy = Accuracy(
             top1=top1,
             n_eval=len(eval_idx),

@@ -73,15 +73,17 @@ def test_new_product_detection_tells_distinct_skus_from_look_alikes() -> None:
     split = (np.flatnonzero(np.arange(len(labels)) % 3 != 0), np.flatnonzero(np.arange(len(labels)) % 3 == 0))
     new = stand_in_new_classes(14)
     assert new.tolist() == [3, 10]
-    distinct, n_new = heldout_ood(feats, labels, split, new, 14, "fp32")
+    rates, n_new = heldout_ood(feats, labels, split, new, 14, ["fp32", "int8"])
+    distinct = rates["fp32"]
+    assert abs(rates["int8"] - distinct) < 0.1  # one projection, scored with each table precision
     assert n_new == 24
     # The same photos, with every new product's photos moved onto a known SKU: nothing new to catch.
     look_alike = feats.copy()
     for c in new:
         look_alike[labels == c] = feats[labels == c + 1][: int(np.sum(labels == c))]
     assert distinct > 0.9
-    assert heldout_ood(look_alike, labels, split, new, 14, "fp32")[0] < 0.2
-    assert np.isnan(heldout_ood(feats, labels, split, stand_in_new_classes(5), 5, "fp32")[0])
+    assert heldout_ood(look_alike, labels, split, new, 14, ["fp32"])[0]["fp32"] < 0.2
+    assert np.isnan(heldout_ood(feats, labels, split, stand_in_new_classes(5), 5, ["fp32"])[0]["fp32"])
 
 
 def test_a_variant_that_loses_new_product_detection_is_not_a_candidate() -> None:

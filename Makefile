@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) \
 	  || { echo "make setup: cannot create a venv; on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,train,dev]'
+	$(PY) -m pip install --quiet -e '.[build,train,dev,review]'
 	@touch $(STAMP)
 
 demo: setup
@@ -48,8 +48,10 @@ docs: setup
 	$(PY) build_scripts/write_robustness_doc.py
 
 # System packages the tests use for real: mosquitto (broker and mosquitto_passwd), openssl (a test CA for
-# MQTT over TLS), systemd (systemd-analyze verify for the units). Only what is missing is installed.
-SYS_TOOLS := mosquitto:mosquitto mosquitto_passwd:mosquitto openssl:openssl systemd-analyze:systemd
+# MQTT over TLS), systemd (systemd-analyze verify for the units), chromium and its driver (the review page in a
+# real browser), postgresql (edge-review on a real server: the test starts its own cluster). Only what is missing is installed.
+SYS_TOOLS := mosquitto:mosquitto mosquitto_passwd:mosquitto openssl:openssl systemd-analyze:systemd \
+  chromium:chromium chromedriver:chromium-driver pg_ctlcluster:postgresql
 sysdeps:
 	@missing=""; for pair in $(SYS_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$pkg"; done; \

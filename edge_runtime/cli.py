@@ -70,7 +70,13 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def build_main(argv: list[str] | None = None) -> int:
     parser = _parser("edge-build", "Build a verified bundle that fits a device profile's memory budget.")
     parser.add_argument("--profile", default="dev-cpu", help="profile name in device_profiles/ or a path to a .toml")
-    parser.add_argument("--catalogue", type=Path, help="SKU folder tree or CSV (default: generated demo catalogue)")
+    parser.add_argument(
+        "--catalogue",
+        type=Path,
+        action="append",
+        help="SKU folder tree or CSV; repeat to merge several, e.g. today's catalogue and edge-review's export "
+        "(default: generated demo catalogue)",
+    )
     parser.add_argument(
         "--model", type=Path, help="backbone ONNX with an embedding output (default: EfficientNet-Lite0)"
     )
@@ -358,6 +364,109 @@ def check_main(argv: list[str] | None = None) -> int:
     return _guarded("edge-check", body)
 
 
+def review_main(argv: list[str] | None = None) -> int:
+    """``edge-review serve | export | stats | passwd``: the back office of the unknown-object loop."""
+    parser = _parser("edge-review", "Collect unknown/verify crops, label them in a web page, export a catalogue delta.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the collector and the review page")
+    serve.add_argument("--db", required=True, help="sqlite:////abs/path.db or postgresql://user@host/db")
+    serve.add_argument("--data", type=Path, required=True, help="folder for crops and the feedback outbox")
+    serve.add_argument("--bundle", type=Path, help="the fleet's bundle: groups crops with its model, names SKUs")
+    serve.add_argument("--reviewers", type=Path, required=True, help="credentials file (edge-review passwd)")
+    serve.add_argument("--mqtt-host", default="127.0.0.1")
+    serve.add_argument("--mqtt-port", type=int, default=1883)
+    serve.add_argument("--prefix", default="edge", help="the fleet's MQTT topic prefix")
+    serve.add_argument("--name", default="review", help="this collector's name (client ids, outbox)")
+    serve.add_argument("--tls-ca-file")
+    serve.add_argument("--tls-cert-file")
+    serve.add_argument("--tls-key-file")
+    serve.add_argument("--credentials-file", help="MQTT username:password file (mode 600)")
+    serve.add_argument("--bind", default="127.0.0.1", help="address of the page (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8780, help="port of the page and /metrics")
+    serve.add_argument("--quota-mib", type=float, help="cap on crop files; the oldest reviewed go first")
+    serve.add_argument("--group-threshold", type=float, help="cosine at which a crop joins a group (0.8)")
+    export = sub.add_parser("export", help="write the labelled crops as a catalogue delta for edge-build")
+    export.add_argument("--db", required=True)
+    export.add_argument("--data", type=Path, required=True, help="the serve command's --data folder")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--json", action="store_true")
+    stats = sub.add_parser("stats", help="what the store holds")
+    stats.add_argument("--db", required=True)
+    stats.add_argument("--json", action="store_true")
+    passwd = sub.add_parser("passwd", help="add a reviewer (password read from the terminal or stdin)")
+    passwd.add_argument("file", type=Path)
+    passwd.add_argument("user")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    _configure_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        import json
+
+        try:
+            from edge_runtime.review import service
+        except ImportError as exc:
+            raise UsageError(f"edge-review needs the [review] extra ({exc})", hint="pip install edge_runtime[review]")
+        if args.command == "stats":
+            report = service.stats(args.db)
+            print(json.dumps(report, sort_keys=True) if args.json else service.stats_text(report))
+            return 0
+        if args.command == "export":
+            result = service.export(args.db, args.data, args.out)
+            print(json.dumps(result.to_json()) if args.json else f"exported {result.images} crops of {result.skus} "
+                  f"SKUs ({len(result.new_skus)} new) to {result.out}")  # fmt: skip
+            return 0
+        if args.command == "passwd":
+            import getpass
+
+            from edge_runtime.review.auth import add_reviewer
+
+            password = getpass.getpass(f"password for {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline()
+            add_reviewer(args.file, args.user, password.rstrip("\n"))
+            return 0
+        import signal
+        import threading
+
+        from edge_runtime.review.collector import BrokerOptions
+
+        opts = service.ServeOptions(
+            db=args.db,
+            data=args.data,
+            reviewers=args.reviewers,
+            bundle=args.bundle,
+            broker=BrokerOptions(
+                host=args.mqtt_host,
+                port=args.mqtt_port,
+                prefix=args.prefix,
+                name=args.name,
+                tls_ca_file=args.tls_ca_file,
+                tls_cert_file=args.tls_cert_file,
+                tls_key_file=args.tls_key_file,
+                credentials_file=args.credentials_file,
+            ),
+            bind=args.bind,
+            port=args.port,
+            quota_mib=args.quota_mib,
+        )
+        if args.group_threshold is not None:
+            opts.group_threshold = args.group_threshold
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        server = service.start_server(opts)
+        print(f"edge-review: page on {server.url}, collecting from {args.mqtt_host}:{args.mqtt_port}", flush=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            server.stop()
+        return 0
+
+    return _guarded("edge-review", body)
+
+
 def _entry(main: Callable[[list[str] | None], int]) -> Callable[[], None]:
     def entry() -> None:
         sys.exit(main(None))
@@ -369,3 +478,4 @@ build = _entry(build_main)
 run = _entry(run_main)
 bench = _entry(bench_main)
 check = _entry(check_main)
+review = _entry(review_main)

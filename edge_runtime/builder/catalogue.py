@@ -36,6 +36,35 @@ def load_catalogue(path: Path) -> Catalogue:
     raise CatalogueError(f"{path}: a catalogue is a folder of SKU folders or a .csv file")
 
 
+def load_catalogues(paths: list[Path]) -> Catalogue:
+    """Several catalogues as one (today's catalogue plus edge-review's delta, say): the SKUs of all of them, each
+    SKU's images from every catalogue that has it. A SKU keeps the name of the first catalogue that lists it; the
+    same code in two different groups is an error naming both, since it would be two products under one code."""
+    parts = [load_catalogue(p) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    skus: dict[str, SkuInfo] = {}
+    where: dict[str, str] = {}
+    problems = []
+    for part in parts:
+        for sku in part.skus:
+            first = skus.setdefault(sku.code, sku)
+            where.setdefault(sku.code, part.source)
+            if first.group != sku.group:
+                problems.append(
+                    f"{sku.code} is in group {first.group!r} in {where[sku.code]} and {sku.group!r} in {part.source}"
+                )
+    if problems:
+        raise CatalogueError(
+            f"the catalogues disagree on {len(problems)} SKU group(s): {'; '.join(problems[:5])}",
+            hint="give the SKU the same group in every catalogue (the group is the parent folder or the CSV column)",
+        )
+    ordered = tuple(sorted(skus.values(), key=lambda s: (s.group, s.code)))
+    items = tuple(item for part in parts for item in part.items)
+    skipped = tuple(x for part in parts for x in part.skipped)
+    return Catalogue(skus=ordered, items=items, skipped=skipped, source=" + ".join(p.source for p in parts))
+
+
 def _from_tree(root: Path) -> Catalogue:
     by_leaf: dict[Path, list[Path]] = defaultdict(list)
     for file in sorted(root.rglob("*")):

@@ -49,6 +49,7 @@ class BuildInputs:
     backbone_path: Path
     backbone: onnx.ModelProto
     embedding_output: str
+    catalogue_sources: tuple[Path, ...] = ()  # every --catalogue, merged in this order (catalogue_path is the first)
 
     @property
     def labels(self) -> np.ndarray:
@@ -113,15 +114,18 @@ class MeasurementPlan:
         )
 
 
-def resolve_catalogue(catalogue: Path | None, cache_dir: Path, seed: int) -> Path:
-    """``catalogue``, or (None) the generated demo catalogue in ``cache_dir``, made on first use."""
-    if catalogue is not None:
-        return catalogue
+def resolve_catalogue(catalogue: Path | Sequence[Path] | None, cache_dir: Path, seed: int) -> list[Path]:
+    """The catalogue(s) given (several are merged: ``catalogue.load_catalogues``), or (None or empty) the generated
+    demo catalogue in ``cache_dir``, made on first use."""
+    if isinstance(catalogue, Path | str):
+        return [Path(catalogue)]
+    if catalogue:
+        return [Path(c) for c in catalogue]
     from edge_runtime.demo import generate_demo_catalogue
 
     target = cache_dir / "demo-catalogue"
     log.info("no --catalogue given: using the generated demo catalogue in %s", target)
-    return generate_demo_catalogue(target, seed=seed, unknown_dir=cache_dir / "demo-unknown")
+    return [generate_demo_catalogue(target, seed=seed, unknown_dir=cache_dir / "demo-unknown")]
 
 
 def resolve_backbone(model: Path | None, cache_dir: Path) -> Path:
@@ -163,7 +167,7 @@ def load_backbone(model: Path | None, cache_dir: Path, embedding_output: str) ->
 def load_inputs(
     profile: DeviceProfile,
     *,
-    catalogue: Path | None,
+    catalogue: Path | Sequence[Path] | None,
     model: Path | None,
     cache_dir: Path,
     seed: int,
@@ -174,14 +178,16 @@ def load_inputs(
     The backbone is loaded before the catalogue is read, so a bad model is reported without waiting for the
     images; unreadable images are skipped (and listed in the manifest), a SKU left without images is an error.
     """
-    catalogue_path = resolve_catalogue(catalogue, cache_dir, seed)
+    catalogue_paths = resolve_catalogue(catalogue, cache_dir, seed)
+    catalogue_path = catalogue_paths[0]
     backbone_path, backbone, embedding_output = load_backbone(model, cache_dir, profile.backend.embedding_output)
-    loaded = cat.load_catalogue(catalogue_path)
-    log.info("catalogue %s: %d SKUs, %d images", catalogue_path, len(loaded.skus), len(loaded.items))
+    loaded = cat.load_catalogues(catalogue_paths)
+    log.info("catalogue %s: %d SKUs, %d images", loaded.source, len(loaded.skus), len(loaded.items))
     decoded = cat.decode_catalogue(loaded, list(sizes), progress=True)
     if decoded.catalogue.skipped:
         log.warning("%d catalogue image(s) skipped as unreadable", len(decoded.catalogue.skipped))
-    return BuildInputs(catalogue_path, decoded, backbone_path, backbone, embedding_output)
+    sources = tuple(catalogue_paths)
+    return BuildInputs(catalogue_path, decoded, backbone_path, backbone, embedding_output, sources)
 
 
 def measurement_backend(profile: DeviceProfile) -> tuple[str, bool, str]:

@@ -101,7 +101,7 @@ def build_manifest(
             "threads": profile.backend.threads,
         },
         "catalogue": {
-            "source": Path(inputs.catalogue_path).name,
+            "source": " + ".join(Path(p).name for p in inputs.catalogue_sources or (inputs.catalogue_path,)),
             "skus": len(skus),
             "images": len(inputs.labels),
             "sku_codes": [s.code for s in skus],

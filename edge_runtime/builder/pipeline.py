@@ -52,7 +52,8 @@ class BuildOptions:
 
     profile: str  # a profile name in device_profiles/ or a path to a .toml
     out: Path  # bundle/, bundle.tar.gz and (while building) .work/ are written here
-    catalogue: Path | None = None  # None: the generated demo catalogue
+    # One catalogue or several (merged: today's plus edge-review's delta); None: the generated demo catalogue.
+    catalogue: Path | list[Path] | None = None
     model: Path | None = None  # None: the default EfficientNet-Lite0 backbone
     cache_dir: Path = field(default_factory=default_cache_dir)
     seed: int = 0

@@ -1,0 +1,338 @@
+"""The unknown-object loop end to end, with real parts: mosquitto; edge-run's pipeline on grocery photos of products
+its bundle does not know; ``edge-review serve`` storing every unknown/verify event once (across a collector restart
+and a redelivery); the page driven in Debian's headless chromium (a group labelled as a new product, a single event
+confirmed, an undo); feedback arriving on the device's topic and its counters moving; export; edge-build with the
+delta; the new product recognised on photos of it nobody reviewed. Then the same collector, labels and export on
+a real PostgreSQL server.
+
+One module-scoped flow: the bundle, the run and the server are made once and each test is one step of the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_runtime.bundle import load_bundle
+from edge_runtime.cli import build_main
+from edge_runtime.features import head_input
+from edge_runtime.head.model import load_head
+from edge_runtime.preprocess import prepare, read_image
+from edge_runtime.review.collector import BrokerOptions
+from edge_runtime.review.service import ReviewServer, ServeOptions, start_server
+from edge_runtime.run.pipeline import RunOptions, RunSummary, run
+from edge_runtime.run.sources.files import ImageFolderSource
+from edge_runtime.run.startup import bundle_profile, manifest_image_input, open_backend
+from edge_runtime.types import Frame
+from tests.broker import Collector, Mosquitto, find_mosquitto, free_port
+from tests.conftest import GROCERY, REPO
+from tests.review.conftest import REVIEWER, chromium
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KNOWN = ["Fruit/Banana", "Fruit/Lime", "Fruit/Kiwi", "Vegetables/Carrots", "Packages/Juice/Bravo-Apple-Juice"]
+NEW = "Fruit/Pineapple"  # not in the bundle: the reviewers add it
+OTHER_UNKNOWN = "Vegetables/Aubergine"  # not in the bundle either: left in the queue
+PER_SKU = 12
+NEW_SEEN = 14  # photos of the new product the device sees (and reviewers label)
+NEW_CODE = "pineapple-gold"
+DEVICE = "cart-r1"
+PROFILE = f"""extends = "{REPO / "device_profiles" / "dev-cpu.toml"}"
+[device]
+name = "review-loop"
+[backend]
+precisions = ["fp32"]
+input_sizes = [96]
+table_precisions = ["fp32"]
+calibration_images = 8
+[train]
+enabled = false
+[head]
+augment_views = 0
+[metrics]
+port = 0
+"""
+
+
+def _copy(src: Path, dst: Path, files: list[Path]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, dst / f"{src.name}-{f.name}")
+
+
+def _photos(rel: str, split: str = "train") -> list[Path]:
+    return sorted((GROCERY / split / rel).glob("*.jpg"))
+
+
+class HeldFolder(ImageFolderSource):
+    """The photos once, then no frame until ``release`` is set: edge-run stays up to receive its feedback."""
+
+    def __init__(self, folder: Path, release: threading.Event) -> None:
+        super().__init__(folder)
+        self.release = release
+
+    def read(self) -> Frame | None:
+        frame = super().read()
+        if frame is None:
+            while not self.release.wait(0.1) and not self.closed:
+                pass
+        return frame
+
+
+@dataclass
+class Loop:
+    root: Path
+    broker: Mosquitto
+    bundle: Path
+    catalogue: Path
+    profile: Path
+    metrics_port: int
+    release: threading.Event
+    device: threading.Thread
+    summary: dict[str, RunSummary]
+    tap: Collector  # every message the device published, as the broker delivered it
+    server: ReviewServer | None = None
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # unknown/verify messages by id
+    payloads: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # id -> (topic, raw payload)
+
+    def serve(self, db: str, data: Path) -> ReviewServer:
+        opts = ServeOptions(
+            db=db,
+            data=data,
+            reviewers=self.root / "reviewers",
+            bundle=self.bundle,
+            broker=BrokerOptions(host=self.broker.host, port=self.broker.port, name=f"r{len(db) % 97}"),
+            port=0,
+        )
+        return start_server(opts)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory, reviewers_file: Path) -> Iterator[Loop]:
+    if not (GROCERY / "train").is_dir():
+        pytest.skip(f"shared grocery data not present at {GROCERY}")
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    root = tmp_path_factory.mktemp("loop")
+    shutil.copyfile(reviewers_file, root / "reviewers")
+    catalogue = root / "catalogue"
+    for rel in KNOWN:
+        path = Path(rel)
+        _copy(path, catalogue / path.parent.name / path.name, _photos(rel)[:PER_SKU])
+    profile = root / "profile.toml"
+    profile.write_text(PROFILE)
+    args = ["--profile", str(profile), "--catalogue", str(catalogue), "--out", str(root / "v1"), "--runs", "3", "-q"]
+    assert build_main(args) == 0
+    photos = root / "photos"  # what the cart's camera sees: the new product, another unknown, two known ones
+    _copy(Path(NEW), photos, _photos(NEW)[:NEW_SEEN])
+    _copy(Path(OTHER_UNKNOWN), photos, _photos(OTHER_UNKNOWN)[:4])
+    for rel in KNOWN[:2]:
+        _copy(Path(rel), photos, _photos(rel, "val")[:1])
+    broker = Mosquitto(root / "mosquitto")
+    broker.start()
+    tap = Collector(broker.host, broker.port, f"edge/{DEVICE}/#")
+    release, summary, port = threading.Event(), {}, free_port()
+    opts = RunOptions(
+        bundle=root / "v1" / "bundle",
+        state_dir=root / "state",
+        metrics_port=port,
+        metrics_addr="127.0.0.1",
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        device_id=DEVICE,
+        drain_timeout_s=10.0,
+        handle_signals=False,
+        frames=HeldFolder(photos, release),
+    )
+    device = threading.Thread(target=lambda: summary.setdefault("run", run(opts)), name="edge-run", daemon=True)
+    state = Loop(root, broker, root / "v1" / "bundle", catalogue, profile, port, release, device, summary, tap)
+    try:
+        yield state
+    finally:
+        release.set()
+        device.join(30)
+        if state.server is not None:
+            state.server.stop()
+        tap.close()
+        broker.kill()
+
+
+def _login(driver: Any, url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/login")
+    driver.find_element(By.ID, "user").send_keys(REVIEWER[0])
+    driver.find_element(By.ID, "password").send_keys(REVIEWER[1])
+    driver.find_element(By.ID, "login-button").click()
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def test_collector_stores_every_event_once_across_a_restart_and_a_redelivery(loop: Loop) -> None:
+    loop.server = loop.serve(f"sqlite:///{loop.root / 'review.db'}", loop.root / "data")
+    assert loop.server.collector.wait_connected(10)
+    loop.device.start()
+    _wait(lambda: len([m for m in loop.tap.messages if m.topic.endswith("/results")]) >= 20, 120, "every photo")
+
+    def objects() -> dict[str, Any]:
+        out = {}
+        for m in list(loop.tap.messages):
+            if m.topic.endswith(("/unknown", "/verify")):
+                body = json.loads(m.payload)
+                out[body["id"]] = body
+                loop.payloads[body["id"]] = (m.topic, bytes(m.payload))
+        return out
+
+    _wait(lambda: len(objects()) >= NEW_SEEN and loop.server.store.stats()["events"] >= len(objects()), 30, "store")
+    loop.objects = objects()
+    assert sum(1 for o in loop.objects.values() if o["crop"]) == len(loop.objects)
+
+    # Restart the collector; meanwhile the fleet redelivers three messages and sends one bad one.
+    loop.server.stop()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.connect(loop.broker.host, loop.broker.port)
+    client.loop_start()
+    for topic, payload in list(loop.payloads.values())[:3]:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
+    client.publish(f"edge/{DEVICE}/unknown", b"{not json", qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+    loop.server = loop.serve(f"sqlite:///{loop.root / 'review.db'}", loop.root / "data")
+    store = loop.server.store
+    _wait(lambda: store.counters().get("rejected_invalid_json", 0) >= 1, 20, "the queued messages")
+    stats = store.stats()
+    assert stats["events"] == len(loop.objects)  # each event once: the redeliveries were no-ops
+    assert {e.id for e in store.events(loop.objects)} == set(loop.objects)
+    assert _metric(loop.server.metrics.exposition().decode(), "edge_review_duplicates_total") == 3
+    assert stats["devices"][DEVICE]["events"] == len(loop.objects)
+    # The new product's photos were grouped: one group holds most of them.
+    assert stats["groups"] >= 1 and stats["grouped_events"] >= NEW_SEEN // 2
+
+
+def test_page_labels_a_group_as_a_new_product_and_feedback_moves_device_counters(loop: Loop) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    assert loop.server is not None
+    before = _scrape(loop.metrics_port)
+    with chromium() as driver:
+        _login(driver, loop.server.url)
+        items = driver.find_elements(By.CSS_SELECTOR, "section.item")
+        assert items and "edge.review" not in driver.title
+        sizes = [int(i.get_attribute("data-size") or 0) for i in items]
+        biggest = items[int(np.argmax(sizes))]
+        group_size = max(sizes)
+        assert group_size >= NEW_SEEN // 2
+        assert "not accepted:" in biggest.text and "ood score" in biggest.text
+        # Keyboard: j to the group, n to its new-product field, Enter submits.
+        body = driver.find_element(By.TAG_NAME, "body")
+        for _ in range(int(np.argmax(sizes))):
+            body.send_keys("j")
+        body.send_keys("n")
+        active = driver.switch_to.active_element
+        assert "new-code" in (active.get_attribute("class") or "")
+        active.send_keys(NEW_CODE)
+        biggest.find_element(By.CSS_SELECTOR, "input.new-name").send_keys("Pineapple Gold")
+        biggest.find_element(By.CSS_SELECTOR, "input.new-group").send_keys("Fruit" + Keys.ENTER)
+        _wait(lambda: "new:" in driver.find_element(By.ID, "flash").text, 10, "the label")
+        assert f"{group_size} event(s) as {NEW_CODE}" in driver.find_element(By.ID, "flash").text
+        driver.save_screenshot(str(loop.root / "review-page.png"))
+        # x on the first item, then u: undo puts it back.
+        first = driver.find_element(By.CSS_SELECTOR, "section.item").get_attribute("data-key")
+        driver.find_element(By.TAG_NAME, "body").send_keys("x")
+        _wait(lambda: "not_product:" in driver.find_element(By.ID, "flash").text, 10, "not a product")
+        driver.find_element(By.TAG_NAME, "body").send_keys("u")
+        _wait(lambda: "undone: not_product" in driver.find_element(By.ID, "flash").text, 10, "the undo")
+        assert driver.find_element(By.CSS_SELECTOR, "section.item").get_attribute("data-key") == first
+        # 1 confirms the device's best candidate of the first item.
+        driver.find_element(By.TAG_NAME, "body").send_keys("1")
+        _wait(lambda: "confirm:" in driver.find_element(By.ID, "flash").text, 10, "the confirmation")
+    store = loop.server.store
+    labelled = store.labelled()
+    new = [e for e in labelled if e.label == "new"]
+    confirmed = [e for e in labelled if e.label == "confirm"]
+    assert len(new) == group_size and all(e.labelled_by == REVIEWER[0] and e.label_sku == NEW_CODE for e in new)
+    assert len(confirmed) >= 1
+    # The device: the new product is not in its label set (counted unknown_sku); the confirmation counts correct.
+    correct = {e.label_sku for e in confirmed}
+
+    def moved() -> bool:
+        text = _scrape(loop.metrics_port)
+        unknown_sku = _metric(text, "edge_feedback_rejected_total", reason="unknown_sku")
+        right = sum(_metric(text, "edge_feedback_total", sku=s, outcome="correct") for s in correct)
+        return unknown_sku - _metric(before, "edge_feedback_rejected_total", reason="unknown_sku") >= len(
+            new
+        ) and right >= len(confirmed)
+
+    _wait(moved, 20, "the device's feedback counters")
+
+
+def test_export_and_rebuild_recognise_the_new_product_on_unreviewed_photos(loop: Loop) -> None:
+    from edge_runtime.review.service import export
+
+    assert loop.server is not None
+    loop.release.set()  # the device's run ends now
+    loop.device.join(30)
+    loop.server.stop()
+    result = export(f"sqlite:///{loop.root / 'review.db'}", loop.root / "data", loop.root / "delta")
+    assert result.new_skus == [NEW_CODE] and result.images >= NEW_SEEN // 2
+    history = (loop.root / "delta" / "history.csv").read_text().splitlines()
+    assert history[0] == "date,sku,change" and history[1].endswith(f",{NEW_CODE},added")
+    args = ["--profile", str(loop.profile), "--catalogue", str(loop.catalogue)]
+    args += ["--catalogue", str(loop.root / "delta" / "catalogue.csv"), "--history", str(loop.root / "delta" / "history.csv")]
+    assert build_main([*args, "--out", str(loop.root / "v2"), "--runs", "3", "-q"]) == 0
+    bundle = load_bundle(loop.root / "v2" / "bundle")
+    head = load_head(bundle)
+    assert NEW_CODE in [s.code for s in head.skus]
+    assert next(s for s in head.skus if s.code == NEW_CODE).name == "Pineapple Gold"
+    # Photos of the new product the device never saw: the rest of train and all of val.
+    unseen = _photos(NEW)[NEW_SEEN:] + _photos(NEW, "val")
+    backend = open_backend(bundle, bundle_profile(bundle))
+    size = (manifest_image_input(bundle.manifest) or ("image", 96))[1]
+    try:
+        images = [read_image(str(p)) for p in unseen]
+        batch = np.stack([prepare(img, size) for img in images if img is not None])
+        embeddings = backend.embed(batch)
+    finally:
+        backend.close()
+    if head.config.colour_weight:
+        embeddings = head_input(embeddings, batch, head.config.colour_weight)
+    top1 = [d.top_k[0][0] for d in head.decide(embeddings)]
+    share = top1.count(NEW_CODE) / len(top1)
+    assert share >= 0.8, f"the new product is top-1 on {share:.0%} of {len(top1)} unreviewed photos: {top1}"

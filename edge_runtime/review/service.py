@@ -68,6 +68,7 @@ class ReviewServer:
         self.feedback = feedback
         self.metrics = metrics
         self._http = http
+        self.app = http.app  # the Flask app as served (a test client can drive it)
         self._embedder = embedder
         self._thread = threading.Thread(target=http.serve_forever, name="review-http", daemon=True)
         self._stopped = False

@@ -43,7 +43,7 @@ from tests.faultkit import REPO, Assets, edge_cmd, rebundle
 
 pytestmark = pytest.mark.integration
 
-AREAS = ("profile", "bundle", "catalogue and model", "camera URI", "command line", "MQTT feedback")
+AREAS = ("profile", "bundle", "catalogue and model", "camera URI", "command line", "MQTT feedback", "review")
 DEV_CPU = REPO / "device_profiles" / "dev-cpu.toml"
 WORKERS = 3  # subprocesses at once: each is mostly interpreter start-up
 
@@ -537,3 +537,17 @@ def test_bad_feedback_is_counted_by_reason_and_never_fatal(
     assert "Traceback" not in err
     summary = json.loads(out)
     assert summary["frames_processed"] >= 1 and summary["ended_by"] == "stop requested"
+
+
+# --------------------------------------------------------------------------- edge-review (tests/review/robust.py)
+
+
+def test_review_refuses_bad_input_and_survives_outages(work: Path, mosquitto_factory: Any) -> None:
+    pytest.importorskip("flask", reason="edge-review needs the [review] extra")
+    from tests.review.robust import check_review_robustness
+
+    root = work / "review"
+    root.mkdir()
+    broker = mosquitto_factory()
+    broker.start()
+    check_review_robustness(root, broker, lambda *cells: ROWS.append(Row("review", *cells)))

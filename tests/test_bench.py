@@ -79,6 +79,9 @@ def test_json_report_and_exit_0_within_generous_limits(
     mem = report["memory"]
     assert mem["peak_rss_mib"] > 30 and mem["vm_hwm_mib"] > 30 and "gpu_mib" in mem
     assert mem["gpu_mib"] in (None, 0.0)  # the CPU backend holds no GPU memory
+    assert 0 < mem["anon_mib"] < mem["peak_mib"]  # the unreclaimable part of the resident set
+    if mem["charged"] is not None:  # the cgroup's charge, reported beside the budget's quantity
+        assert mem["charged"]["current_mib"] > 0 and mem["charged"]["processes"] >= 1
     assert mem["budget_mib"] == 1048576 and mem["headroom"] == pytest.approx(1 - mem["peak_mib"] / 1048576, abs=1e-4)
     # The peak is the larger of the sampled RSS and the kernel's high-water mark, plus the GPU's share (none here).
     peak = max(mem["peak_rss_mib"], mem["vm_hwm_mib"]) + (mem["gpu_mib"] or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from edge_runtime.bench.report import BenchReport, Limits
 from edge_runtime.bench.synthetic import SyntheticSource
 from edge_runtime.bundle import load_bundle
 from edge_runtime.errors import InputError, UsageError
-from edge_runtime.memory import RssPeakSampler, vm_hwm_bytes
+from edge_runtime.memory import RssPeakSampler, read_cgroup_charge, read_process_memory, vm_hwm_bytes
 from edge_runtime.profile import load_profile
 from edge_runtime.run.metrics import STAGES
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
@@ -52,6 +53,9 @@ class BenchOptions:
     public_key: Path | None = None  # as edge-run's --public-key: only a bundle signed for this device is run
     seed: int = 0
     handle_signals: bool = False
+    # Called by the publish thread after each frame's messages are stored, warm-up included (benchmarks/ use it
+    # to read CPU figures at the edges of the measured window).
+    on_frame: Callable[[FrameTiming], None] | None = None
 
 
 def _stats_ms(values: list[float]) -> dict[str, float]:
@@ -140,6 +144,13 @@ def run_bench(options: BenchOptions) -> BenchReport:
             # Never the service's state directory: its outbox belongs to the running edge-run.
             tmp_state = state_dir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
         timings: list[FrameTiming] = []
+        hook = options.on_frame
+
+        def on_frame(timing: FrameTiming) -> None:
+            timings.append(timing)  # list.append is atomic: the publish thread is the only writer
+            if hook is not None:
+                hook(timing)
+
         summary: RunSummary = run(
             RunOptions(
                 bundle=bundle.root,
@@ -155,7 +166,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
                 drain_timeout_s=options.drain_timeout_s,
                 every_frame=True,
                 publish=options.publish,
-                on_frame=timings.append,  # list.append is atomic: the publish thread is the only writer
+                on_frame=on_frame if hook is not None else timings.append,
                 handle_signals=options.handle_signals,
                 public_key=options.public_key,
             )
@@ -168,6 +179,9 @@ def run_bench(options: BenchOptions) -> BenchReport:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     hwm = vm_hwm_bytes()
+    # Beside the budget's quantity: what of it is anonymous, and what the kernel charged the cgroup (under
+    # edge-bench.service, MemoryMax's view; memory.py says why the budget is not that figure).
+    reading, charged = read_process_memory(), read_cgroup_charge()
     gpu_mib, gpu_source = gpu_memory_mib(summary.backend, unified_before, gpu_sampler)
     if len(timings) <= options.warmup:
         raise InputError(
@@ -248,6 +262,8 @@ def run_bench(options: BenchOptions) -> BenchReport:
             "gpu_mib": None if gpu_mib is None else round(gpu_mib, 1),
             "gpu_source": gpu_source,
             "peak_mib": round(peak_mib, 1),
+            "anon_mib": None if reading is None else round(reading.anon_mib, 1),
+            "charged": None if charged is None else charged.as_dict(),
             "budget_mib": limits.budget_mib,
             "headroom": round(headroom, 4),
             "min_headroom": limits.min_headroom,

@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 from edge_runtime.errors import ModelError
 from edge_runtime.profile import DeviceProfile
@@ -110,12 +114,42 @@ def measure_in_subprocess(
         cmd += ["--max-batch", str(max_batch)]
     if image_input is not None:
         cmd += ["--input-name", image_input[0], "--input-size", str(image_input[1])]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise ModelError(f"{model}: measurement did not finish within {timeout_s:.0f} s") from None
+    with tempfile.TemporaryDirectory(prefix="edge-footprint-clip-") as tmp:
+        # Written here, not in the child: an encoder's buffers in the child would count in its high-water mark.
+        clip = write_camera_clip(Path(tmp), frame_bytes // FRAME_QUEUE_DEPTH) if frame_bytes > 0 else None
+        if clip is not None:
+            cmd += ["--clip", str(clip)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise ModelError(f"{model}: measurement did not finish within {timeout_s:.0f} s") from None
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"{model}: measurement process failed ({tail})")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return Measurement(**data)
+
+
+CLIP_FRAMES = 8
+
+
+def write_camera_clip(folder: Path, frame_bytes: int) -> Path | None:
+    """A short video of 4:3 frames of ``frame_bytes`` BGR bytes each (the footprint child's frame size), MPEG-4
+    in MP4 as the demo video, for the child to decode as edge-run decodes a video source; None when this OpenCV
+    cannot write video (the child then decodes JPEG stills)."""
+    pixels = max(frame_bytes // 3, 64 * 48)
+    height = max(48, int((pixels * 3 / 4) ** 0.5)) // 2 * 2  # even sizes: the codec's chroma planes
+    width = max(64, pixels // height) // 2 * 2
+    path = folder / "camera.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (width, height))
+    if not writer.isOpened():
+        return None
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    try:
+        for i in range(CLIP_FRAMES):  # moving texture: the decoder works as on a camera's frames
+            base = np.dstack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, (xx + yy) % 256]).astype(np.uint8)
+            writer.write(np.clip(base + rng.integers(0, 24, base.shape), 0, 255).astype(np.uint8))
+    finally:
+        writer.release()
+    return path if path.is_file() and path.stat().st_size > 0 else None

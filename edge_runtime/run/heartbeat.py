@@ -8,10 +8,11 @@ frames, source health) goes out every ``heartbeat_s`` and once more, ``stopping`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from edge_runtime.run.health import SystemdNotifier
 from edge_runtime.run.messages import heartbeat_message, utc_iso
-from edge_runtime.run.metrics import RunMetrics
+from edge_runtime.run.metrics import MemoryFigures, RunMetrics
 from edge_runtime.run.publisher import Publisher
 from edge_runtime.run.stages import Stages
 
@@ -45,13 +46,19 @@ class Heartbeat:
         self._last_refresh = float("-inf")
         self._last_beat = self.started
         self._last_processed = 0
-        self.rss = 0.0
-        self.headroom = 0.0
+        self.memory: MemoryFigures | None = None
+        # GPU memory counts against the budget as it does in edge-build's footprint; per process (NVML or the
+        # Jetson's nvmap clients), None where the platform does not say.
+        self._gpu_reader: Callable[[], float | None] | None = None
+        if backend != "onnxruntime-cpu":
+            from edge_runtime.backends.gpumem import gpu_memory_used_mib
 
-    def refresh(self) -> None:
-        """Bring the mirrored metrics up to date (and the memory figures the next heartbeat reports)."""
+            self._gpu_reader = gpu_memory_used_mib
+
+    def refresh(self) -> MemoryFigures:
+        """Bring the mirrored metrics up to date; the memory figures the next heartbeat reports."""
         stats = self.publisher.stats()
-        self.rss, self.headroom = self.metrics.refresh(
+        self.memory = self.metrics.refresh(
             self.publisher.outbox_stats(),
             acked=stats.acked,
             connected=stats.connected,
@@ -59,8 +66,18 @@ class Heartbeat:
             source_read_failures=self.stages.source.read_failures,
             frames_flowing=self.health.frames_flowing(),
             uplink=(stats.uplink_bytes, stats.uplink_wait_s, stats.uplink_throttled),
+            gpu_mib=self._gpu_mib(),
         )
         self._last_refresh = time.monotonic()
+        return self.memory
+
+    def _gpu_mib(self) -> float | None:
+        if self._gpu_reader is None:
+            return None
+        try:
+            return self._gpu_reader()
+        except Exception:  # a GPU library failing mid-run must not end the run; the figure is just missing
+            return None
 
     def tick(self, interval_s: float, send: bool = True) -> None:
         """Refresh the metrics when a second has passed, and send a heartbeat when ``interval_s`` has (unless
@@ -73,7 +90,7 @@ class Heartbeat:
 
     def send(self, final: bool = False) -> None:
         """Send one heartbeat message now (``final``: state ``stopping``) and update systemd's status line."""
-        self.refresh()
+        memory = self.refresh()
         counts, latencies = self.stages.snapshot()
         now = time.monotonic()
         fps = (counts.frames_processed - self._last_processed) / max(1e-9, now - self._last_beat)
@@ -89,8 +106,8 @@ class Heartbeat:
             uptime_s=now - self.started,
             fps=fps,
             latencies=latencies,
-            rss_bytes=self.rss,
-            headroom=self.headroom,
+            memory=memory.as_dict(),
+            headroom=memory.headroom,
             outbox=outbox,
             uplink={
                 "cap_bytes_per_s": uplink.uplink_bytes_per_s,
@@ -118,5 +135,5 @@ class Heartbeat:
         stalled = "" if self.health.frames_flowing() else f", camera stalled {self.health.last_frame_age_s():.0f} s"
         self.health.status(
             f"{counts.frames_processed} frames, {fps:.1f} fps, outbox {outbox.depth}, "
-            f"headroom {self.headroom:.0%}{stalled}"
+            f"headroom {memory.headroom:.0%}{stalled}"
         )

@@ -21,12 +21,14 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
 
 from edge_runtime.errors import UsageError
+from edge_runtime.memory import CgroupCharge, read_cgroup_charge, read_process_memory
 from edge_runtime.run.feedback import REJECT_REASONS
 from edge_runtime.run.outbox import KINDS, OutboxStats
 
@@ -43,6 +45,28 @@ MESSAGE_TOPICS: tuple[str, ...] = ("results", "unknown", "verify", "heartbeat")
 # Per-stage latencies run from sub-millisecond (head) to a second (a large model on a small CPU).
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    """One refresh's memory figures, bytes: the heartbeat reports them, the gauges mirror them."""
+
+    rss_bytes: float  # resident now
+    peak_bytes: float  # resident high-water mark + GPU memory: the budget's quantity
+    anon_bytes: float
+    gpu_mib: float | None  # None: on the CPU, or the platform does not say
+    headroom: float  # 1 - peak / budget
+    charged: CgroupCharge | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The heartbeat's ``memory`` object."""
+        return {
+            "peak_mib": round(self.peak_bytes / MIB, 1),
+            "rss_mib": round(self.rss_bytes / MIB, 1),
+            "anon_mib": round(self.anon_bytes / MIB, 1),
+            "gpu_mib": None if self.gpu_mib is None else round(self.gpu_mib, 1),
+            "charged": None if self.charged is None else self.charged.as_dict(),
+        }
 
 
 class RunMetrics:
@@ -131,10 +155,23 @@ class RunMetrics:
         self.uplink_bytes = Counter(
             "edge_mqtt_uplink_bytes", "Payload and topic bytes published, retransmissions included.", registry=r
         )
-        self.rss = Gauge("edge_process_rss_bytes", "Resident memory of the edge-run process.", registry=r)
+        self.rss = Gauge("edge_process_rss_bytes", "Resident memory of the edge-run process now.", registry=r)
+        # The budget's quantity, as edge-build predicts it and edge-bench measures it (memory.py says why).
+        self.peak = Gauge(
+            "edge_memory_peak_bytes", "Resident high-water mark (VmHWM) plus GPU memory: what the budget bounds.",
+            registry=r,
+        )  # fmt: skip
+        self.anon = Gauge("edge_process_anon_bytes", "Anonymous resident memory (not reclaimable).", registry=r)
+        self.charged = Gauge(
+            "edge_cgroup_charged_bytes",
+            "Memory charged to this process's cgroup (MemoryMax's view), while the cgroup holds it alone.",
+            registry=r,
+        )
         self.budget = Gauge("edge_memory_budget_bytes", "The profile's memory budget.", registry=r)
         self.headroom = Gauge(
-            "edge_memory_headroom_ratio", "1 - RSS / budget; the profile requires at least min_headroom.", registry=r
+            "edge_memory_headroom_ratio",
+            "1 - (resident high-water mark + GPU memory) / budget; the profile requires at least min_headroom.",
+            registry=r,
         )
         self.backend = Info(
             "edge_backend", "The inference backend actually running and the bundle it runs.", registry=r
@@ -208,8 +245,10 @@ class RunMetrics:
         source_read_failures: int | None = None,
         frames_flowing: bool | None = None,
         uplink: tuple[int, float, bool] | None = None,
-    ) -> tuple[float, float]:
-        """Update gauges and mirrored counters; returns (rss_bytes, headroom) for heartbeats."""
+        gpu_mib: float | None = None,
+    ) -> MemoryFigures:
+        """Update gauges and mirrored counters; returns the memory figures for heartbeats. ``gpu_mib``: the GPU
+        memory this process holds, where the backend runs on a GPU that reports it."""
         with self._lock:
             if source_reconnects is not None and source_reconnects > self._seen_source[0]:
                 self.source_reconnects.inc(source_reconnects - self._seen_source[0])
@@ -241,14 +280,28 @@ class RunMetrics:
                     self.uplink_wait.inc(waited - self._seen_uplink[1])
                 self._seen_uplink = (max(sent, self._seen_uplink[0]), max(waited, self._seen_uplink[1]))
                 self.uplink_throttled.set(1 if throttled else 0)
+            figures = self._memory(gpu_mib)
+            self.rss.set(figures.rss_bytes)
+            self.peak.set(figures.peak_bytes)
+            self.anon.set(figures.anon_bytes)
+            if figures.charged is not None and figures.charged.processes == 1:
+                self.charged.set(figures.charged.current_mib * MIB)
+            self.headroom.set(figures.headroom)
+            return figures
+
+    def _memory(self, gpu_mib: float | None) -> MemoryFigures:
+        reading = read_process_memory()
+        if reading is None:  # no procfs: psutil's RSS stands in for the high-water mark
             try:
                 rss = float(self._process.memory_info().rss)
             except psutil.Error:
                 rss = 0.0
-            headroom = 1.0 - rss / self.memory_budget_bytes if self.memory_budget_bytes > 0 else 0.0
-            self.rss.set(rss)
-            self.headroom.set(headroom)
-            return rss, headroom
+            hwm, anon = rss, 0.0
+        else:
+            rss, hwm, anon = reading.rss_mib * MIB, reading.hwm_mib * MIB, reading.anon_mib * MIB
+        peak = hwm + (gpu_mib or 0.0) * MIB
+        headroom = 1.0 - peak / self.memory_budget_bytes if self.memory_budget_bytes > 0 else 0.0
+        return MemoryFigures(rss, peak, anon, gpu_mib, headroom, read_cgroup_charge())
 
     # ------------------------------------------------------------------ exposition
 

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -130,16 +131,27 @@ def test_metrics_registries_are_private_and_series_pre_declared() -> None:
 def test_refresh_mirrors_outbox_and_memory() -> None:
     m = RunMetrics(["a"], memory_budget_mib=1 << 20)
     m.refresh(OutboxStats(depth=3, bytes=300, drops={("full", "crop"): 2}), acked=4, connected=True)
-    rss, headroom = m.refresh(OutboxStats(depth=1, bytes=90, drops={("full", "crop"): 5}), acked=9, connected=False)
+    block = np.ones(48 * 1024 * 1024, np.uint8)  # touched, then freed: the peak keeps it, the resident set not
+    del block
+    figures = m.refresh(
+        OutboxStats(depth=1, bytes=90, drops={("full", "crop"): 5}), acked=9, connected=False, gpu_mib=4.0
+    )
     text = m.render().decode()
     assert sample_value(text, "edge_outbox_depth") == 1 and sample_value(text, "edge_outbox_bytes") == 90
     assert sample_value(text, "edge_outbox_dropped_total", {"reason": "full", "kind": "crop"}) == 5
     assert sample_value(text, "edge_messages_acked_total") == 9
     assert sample_value(text, "edge_mqtt_connected") == 0
-    # This process's resident memory against the 1 TiB budget.
-    assert rss == pytest.approx(psutil.Process().memory_info().rss, rel=0.2)
-    assert headroom == pytest.approx(1 - rss / (1 << 40)) and sample_value(text, "edge_process_rss_bytes") == rss
-    assert sample_value(text, "edge_memory_headroom_ratio") == pytest.approx(headroom)
+    # The budget's quantity: this process's resident high-water mark plus the GPU memory it was told of, against
+    # the 1 TiB budget; the resident set now is reported beside it.
+    rss = psutil.Process().memory_info().rss
+    assert figures.rss_bytes == pytest.approx(rss, rel=0.2) and sample_value(text, "edge_process_rss_bytes") > 0
+    assert figures.peak_bytes >= figures.rss_bytes + 40 * 1024 * 1024 + 4 * 1024 * 1024
+    assert figures.headroom == pytest.approx(1 - figures.peak_bytes / (1 << 40))
+    assert sample_value(text, "edge_memory_headroom_ratio") == pytest.approx(figures.headroom)
+    assert sample_value(text, "edge_memory_peak_bytes") == figures.peak_bytes
+    assert 0 < figures.anon_bytes < figures.peak_bytes
+    beat = figures.as_dict()
+    assert beat["gpu_mib"] == 4.0 and beat["peak_mib"] == round(figures.peak_bytes / 1024 / 1024, 1)
 
 
 def test_refresh_mirrors_uplink_totals_as_counters() -> None:

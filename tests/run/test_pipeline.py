@@ -32,6 +32,7 @@ from edge_runtime.run.pipeline import RunOptions, RunSummary, run
 from edge_runtime.run.queues import PUBLISH_QUEUE, TENSOR_QUEUE
 from edge_runtime.run.sources import Source, VideoFileSource
 from edge_runtime.run.stages import MONO_CHECK_FRAMES, FrameTiming
+from edge_runtime.run.startup import bundle_profile
 from edge_runtime.types import Frame
 from tests.broker import Collector, Mosquitto, free_port
 from tests.conftest import TINY_VIDEO_FRAMES
@@ -140,6 +141,10 @@ def test_every_video_frame_yields_one_results_message(
     assert states[0] == "online" and states[-1] == "offline"
     (beat,) = by_schema(payloads, "edge.heartbeat/1").values()  # the final one; the interval is 30 s
     assert beat["frames"]["processed"] == VIDEO_FRAMES and beat["outbox_depth"] >= 0 and beat["rss_mib"] > 0
+    # The budget's quantity, as edge-build predicts it: the resident high-water mark (plus GPU memory, none here).
+    assert beat["memory"]["peak_mib"] >= beat["rss_mib"] and beat["memory"]["gpu_mib"] is None
+    budget = bundle_profile(bundle).device.memory_budget_mib
+    assert beat["headroom"] == pytest.approx(1 - beat["memory"]["peak_mib"] / budget, abs=1e-3)
     # The profile's uplink cap is in force and reported; the bytes counted so far exclude this heartbeat itself.
     assert beat["uplink"]["cap_bytes_per_s"] == 250_000 and beat["uplink"]["bytes"] > 0
 

@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
 )
 
+from edge_runtime.profile.scene import Scene, check_scene
+
 # The one top-level key that is not a table of the schema: the parent profile, removed before validation.
 EXTENDS_KEY = "extends"
 
@@ -497,6 +499,7 @@ class DeviceProfile(BaseModel):
     readiness: Readiness = Field(default_factory=Readiness, description="Readiness checklist limits.")
     health: Health = Field(default_factory=Health, description="Watchdog and stall detection.")
     security: Security = Field(default_factory=Security, description="Bundle signature policy.")
+    scene: Scene = Field(default_factory=Scene, description="What is published: frames, cart events or shelf slots.")
 
     _source_files: tuple[Path, ...] = PrivateAttr(default=())
 
@@ -505,6 +508,11 @@ class DeviceProfile(BaseModel):
     def _unique_camera_names(cls, cameras: list[Camera]) -> list[Camera]:
         _unique([c.name for c in cameras])
         return cameras
+
+    @field_validator("scene")
+    @classmethod
+    def _scene_fits(cls, scene: Scene, info: ValidationInfo) -> Scene:
+        return check_scene(scene, info.data)  # profile/scene.py: the checks that read other tables
 
     @property
     def name(self) -> str:

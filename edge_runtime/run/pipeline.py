@@ -47,6 +47,7 @@ from edge_runtime.run.publisher import Publisher
 from edge_runtime.run.queues import FRAME_QUEUE, POLL_S, PUBLISH_QUEUE, TENSOR_QUEUE, StageQueue
 from edge_runtime.run.regions import make_region_finder
 from edge_runtime.run.sampler import AdaptiveSampler
+from edge_runtime.run.scene.stage import make_scene
 from edge_runtime.run.sources import ImageFolderSource, Source, redact_uri
 from edge_runtime.run.stages import FrameTiming, Stages
 from edge_runtime.run.startup import (
@@ -213,6 +214,15 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             camera=camera,
             status_fields=status_fields(bundle, backend, camera, uri),
         )
+        # The scene after the head (cart events and contents, shelf slots; run/scene/), with its region finder.
+        scene, finder = make_scene(
+            profile,
+            head,
+            (camera.width, camera.height),
+            device_id=device_id,
+            registry=metrics.registry,
+            finder=finder,
+        )
         feedback = FeedbackBook(skus, metrics)
         publisher.on_feedback(FeedbackInbox(feedback, metrics).receive)
         health = SystemdNotifier(profile.health.frame_stall_s)
@@ -256,6 +266,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             stop=stop,
             queues=(StageQueue(FRAME_QUEUE), StageQueue(TENSOR_QUEUE), StageQueue(PUBLISH_QUEUE)),
             on_frame=options.on_frame,
+            scene=scene,
         )
         stages.start()
         health.ready(f"running {backend.name} on {redact_uri(uri)}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from edge_runtime.run.messages import encode_json
 from edge_runtime.run.outbox import OutboxStats
+from edge_runtime.types import MessageKind
 
 __all__ = ["NullPublisher", "Publisher", "PublisherStats"]
 
@@ -58,9 +59,12 @@ class Publisher(Protocol):
         """Where unsent messages are kept, for log lines."""
         ...
 
-    def send(self, name: str, payload: Mapping[str, Any]) -> bool:
-        """Hand over a JSON message for topic ``name`` (results, unknown, verify, heartbeat); True once it is
-        stored (durable), False when it was dropped (and counted); never raises for bad data."""
+    def send(
+        self, name: str, payload: Mapping[str, Any], kind: MessageKind | None = None, *, retain: bool = False
+    ) -> bool:
+        """Hand over a JSON message for topic ``name`` (results, unknown, verify, heartbeat; a scene's events,
+        cart, shelf with their ``kind`` and ``retain``); True once it is stored (durable), False when it was
+        dropped (and counted); never raises for bad data."""
         ...
 
     def on_feedback(self, callback: Callable[[bytes], None]) -> None:
@@ -109,7 +113,9 @@ class NullPublisher:
     def __init__(self) -> None:
         self.sent = 0
 
-    def send(self, name: str, payload: Mapping[str, Any]) -> bool:
+    def send(
+        self, name: str, payload: Mapping[str, Any], kind: MessageKind | None = None, *, retain: bool = False
+    ) -> bool:
         """Serialise ``payload`` as the MQTT publisher would, then drop it; always True."""
         encode_json(payload)
         self.sent += 1

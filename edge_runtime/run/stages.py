@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,8 +38,10 @@ from edge_runtime.run.publisher import Publisher
 from edge_runtime.run.queues import END, StageQueue
 from edge_runtime.run.regions import RegionFinder, crop
 from edge_runtime.run.sampler import AdaptiveSampler
+from edge_runtime.run.scene.messages import SCENE_TOPICS
+from edge_runtime.run.scene.stage import SceneStage
 from edge_runtime.run.sources import Source, VideoFileSource
-from edge_runtime.types import Decision, Frame, Region
+from edge_runtime.types import Decision, Frame, MessageKind, Region
 
 __all__ = ["LATENCY_WINDOW", "MONO_CHECK_FRAMES", "Counts", "FrameTiming", "Stages"]
 
@@ -120,6 +122,7 @@ class _Prepared:
     batch: np.ndarray | None  # [regions, 3, S, S] float32; None when the frame has no regions
     colour: np.ndarray | None  # [regions, COLOUR_DIM] when the head reads colour
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
+    image: np.ndarray | None = None  # the frame, for a scene that reads pixels (shelf emptiness)
 
 
 @dataclass
@@ -133,6 +136,10 @@ class _Inferred:
     decisions: list[Decision]
     crops: list[np.ndarray | None]  # copies for objects that get an unknown/verify message with a crop
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
+    # For a scene (run/scene/): the head input of every region, their pixels and the frame; None otherwise.
+    features: np.ndarray | None = None
+    views: list[np.ndarray] | None = None
+    image: np.ndarray | None = None
 
 
 class Stages:
@@ -160,6 +167,7 @@ class Stages:
         stop: threading.Event,
         queues: tuple[StageQueue, StageQueue, StageQueue],  # frames, tensors, publish
         on_frame: Callable[[FrameTiming], None] | None = None,
+        scene: SceneStage | None = None,
     ) -> None:
         self.source = source
         self.sampler = sampler
@@ -193,6 +201,11 @@ class Stages:
         # Frames checked for a monochrome camera while the head reads colour (warned once, after MONO_CHECK_FRAMES).
         self._mono_seen = 0 if self.colour_weight > 0 else MONO_CHECK_FRAMES
         self.on_frame = on_frame
+        self.scene = scene  # cart or shelf logic after the head (run/scene/); None: per-frame results only
+        # Per-object crops go with per-frame messages only (a scene sends its own, one per track).
+        self._object_crops = self.mqtt.publish_crops and (scene is None or scene.frames_published)
+        if scene is not None:
+            scene.bind(lambda topic, payload, retained: self.send(topic, payload, SCENE_TOPICS[topic][0], retained))
         # (frame index, read seconds) of queued frames, for on_frame only: Frame is immutable and shared.
         self._read_s: deque[tuple[int, float]] = deque()
         self._log_prepare_error = _Throttled()  # one per thread: _Throttled is not locked
@@ -371,7 +384,8 @@ class Stages:
                 self._observe(spent, "preprocess", time.perf_counter() - t1)
         except Exception as exc:
             raise _StageError(stage) from exc
-        return _Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent)
+        image = frame.image if self.scene is not None else None
+        return _Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent, image)
 
     def _check_monochrome(self, image: np.ndarray) -> None:
         if not looks_monochrome(image):
@@ -394,6 +408,7 @@ class Stages:
         stage = "inference"
         spent = item.spent
         decisions: list[Decision] = []
+        features: np.ndarray | None = None
         try:
             if item.batch is not None:
                 t2 = time.perf_counter()
@@ -401,7 +416,8 @@ class Stages:
                 t3 = time.perf_counter()
                 self._observe(spent, "inference", t3 - t2)
                 stage = "head"
-                decisions = self.head.decide(compose(embeddings, item.colour, self.colour_weight))
+                features = compose(embeddings, item.colour, self.colour_weight)
+                decisions = self.head.decide(features)
                 self._observe(spent, "head", time.perf_counter() - t3)
                 if len(decisions) != len(item.regions):
                     raise ModelError(f"{len(item.regions)} regions but {len(decisions)} decisions")
@@ -410,7 +426,7 @@ class Stages:
         # Copy only the crops that will be published: the frame itself can then be freed while the publish
         # thread encodes.
         crops: list[np.ndarray | None] = [
-            view.copy() if self.mqtt.publish_crops and object_topic(d, self.unknown_loop) else None
+            view.copy() if self._object_crops and object_topic(d, self.unknown_loop) else None
             for view, d in zip(item.views, decisions, strict=True)
         ]
         with self.lock:
@@ -422,7 +438,11 @@ class Stages:
         self.metrics.regions.inc(len(item.regions))
         for d in decisions:
             self.metrics.count_prediction(top1(d), d.route)
-        return _Inferred(item.frame_id, item.source_ref, item.ts, item.regions, decisions, crops, spent)
+        out = _Inferred(item.frame_id, item.source_ref, item.ts, item.regions, decisions, crops, spent)
+        if self.scene is not None:
+            out.views, out.image = item.views, item.image
+            out.features = features if self.scene.needs_features else None
+        return out
 
     # ---- publish: encode -> outbox
 
@@ -435,8 +455,35 @@ class Stages:
                 with self.lock:
                     self.counts.frame_errors += 1
                 self._log_publish_error("frame %s: messages not produced: %s", item.source_ref, exc)
+        if self.scene is not None:
+            self.scene.finish()  # final track decisions, the session's end, the last state
 
     def publish(self, item: _Inferred) -> None:
+        if self.scene is None or self.scene.frames_published:
+            self._publish_frame(item)
+        if self.scene is not None:
+            t0 = time.perf_counter()
+            self.scene.on_frame(
+                item.frame_id, item.ts, item.regions, item.decisions, item.features, item.views, item.image
+            )
+            self._observe(item.spent, "scene", time.perf_counter() - t0)
+        latency = max(0.0, time.time() - item.ts)
+        self.metrics.frame_latency.observe(latency)
+        with self.lock:
+            self.latencies.append(latency)
+        if self.on_frame is not None:
+            self.on_frame(
+                FrameTiming(
+                    frame_id=item.frame_id,
+                    regions=len(item.regions),
+                    stages=dict(item.spent),
+                    latency_s=latency + item.spent.get("capture", 0.0),  # ts is taken after the read
+                    done=time.monotonic(),
+                )
+            )
+
+    def _publish_frame(self, item: _Inferred) -> None:
+        """The frame's edge.results/1 and its objects' unknown/verify messages."""
         t0 = time.perf_counter()
         ts = utc_iso(item.ts)
         results = results_message(
@@ -477,24 +524,12 @@ class Stages:
             self.feedback.remember_object(message["id"], predicted)
             self.send(topic, message)
         self._observe(item.spent, "publish", time.perf_counter() - t1)
-        latency = max(0.0, time.time() - item.ts)
-        self.metrics.frame_latency.observe(latency)
-        with self.lock:
-            self.latencies.append(latency)
-        if self.on_frame is not None:
-            self.on_frame(
-                FrameTiming(
-                    frame_id=item.frame_id,
-                    regions=len(item.regions),
-                    stages=dict(item.spent),
-                    latency_s=latency + item.spent.get("capture", 0.0),  # ts is taken after the read
-                    done=time.monotonic(),
-                )
-            )
 
-    def send(self, topic: str, payload: dict[str, Any]) -> bool:
+    def send(
+        self, topic: str, payload: Mapping[str, Any], kind: MessageKind | None = None, retain: bool = False
+    ) -> bool:
         """Hand a message to the publisher and count it by topic when it was stored."""
-        stored = self.publisher.send(topic, payload)
+        stored = self.publisher.send(topic, payload, kind, retain=retain)
         if stored:
             self.metrics.messages.labels(topic=topic).inc()
             with self.lock:

@@ -494,7 +494,7 @@ def test_a_chain_with_problems_reads_exactly_so(tmp_path):
         "  - base.toml: backend.precison: unknown key (allowed: prefer, precisions, input_sizes, table_precisions,"
         " max_latency_ms, threads, allow_fallback, embedding_output, calibration_images); did you mean 'precisions'?\n"
         "  - child.toml: mqttt: unknown key (allowed: extends, device, backend, cameras, regions, sampler, mqtt,"
-        " outbox, metrics, routing, head, train, readiness, health, security); did you mean 'mqtt'?"
+        " outbox, metrics, routing, head, train, readiness, health, security, scene); did you mean 'mqtt'?"
     )
 
 

@@ -408,7 +408,9 @@ def review_main(argv: list[str] | None = None) -> int:
         try:
             from edge_runtime.review import service
         except ImportError as exc:
-            raise UsageError(f"edge-review needs the [review] extra ({exc})", hint="pip install edge_runtime[review]")
+            raise UsageError(
+                f"edge-review needs the [review] extra ({exc})", hint="pip install edge_runtime[review]"
+            ) from None
         if args.command == "stats":
             report = service.stats(args.db)
             print(json.dumps(report, sort_keys=True) if args.json else service.stats_text(report))

@@ -1,9 +1,10 @@
 """The package's import direction (DESIGN.md, *Rooms*), checked on the source with the AST.
 
-    types/errors -> profile/bundle/preprocess/features/memory -> backends, head -> builder, run -> bench -> cli
+    types/errors -> profile/bundle/preprocess/features/memory -> backends, head -> builder, run -> bench, review -> cli
 
 A room imports only from lower layers or from inside itself; ``demo`` is imported only by builder, bench and
-the CLI; torch only inside ``builder/train``; nobody imports another module's private (underscore) names.
+the CLI; ``review`` (the back office) reuses run/ but never builder/ or bench/; torch only inside ``builder/train``;
+nobody imports another module's private (underscore) names.
 Imports inside functions count too: a lazy import is still a dependency.
 """
 
@@ -30,11 +31,13 @@ LAYERS = {
     "head": 2,
     "builder": 3,
     "run": 3,
-    "review": 3,
     "bench": 4,
+    # The back office reuses the device's messages, outbox and MQTT session (run/), never the packaging host's code.
+    "review": 4,
     "cli": 5,
 }
 DEMO_USERS = {"builder", "bench", "cli", "demo"}
+NOT_FROM = {"review": {"builder", "bench"}}  # rooms a room must not import although they sit below it
 TORCH_ROOM = ("builder", "train")
 
 
@@ -90,6 +93,8 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
                 problems.append(f"{where} imports {t}: room {room!r} has no layer in this test")
             elif room == "demo" and my_room not in DEMO_USERS:
                 problems.append(f"{where} imports {t}: demo is for builder, bench and cli only")
+            elif room in NOT_FROM.get(my_room, set()):
+                problems.append(f"{where} imports {t}: {my_room} must not import {room}")
             elif LAYERS[room] >= LAYERS[my_room]:
                 problems.append(f"{where} imports {t} (layer {LAYERS[room]}) from layer {LAYERS[my_room]}")
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
@@ -122,6 +127,8 @@ def test_imports_follow_the_design(path: Path) -> None:
         ("edge_runtime.profile.x", "from edge_runtime import head", "layer 2) from layer 1"),
         ("edge_runtime.head.x", "def f():\n    import torch", "imports torch outside builder/train"),
         ("edge_runtime.builder.x", "from edge_runtime.head.fit import _cos", "imports private _cos"),
+        ("edge_runtime.review.x", "from edge_runtime.builder import catalogue", "review must not import builder"),
+        ("edge_runtime.bench.x", "from edge_runtime.review import store", "layer 4) from layer 4"),
     ],
 )
 def test_the_checker_catches(module: str, source: str, expected: str) -> None:
@@ -137,6 +144,7 @@ def test_the_checker_catches(module: str, source: str, expected: str) -> None:
         ("edge_runtime.builder.train.model", "import torch"),
         ("edge_runtime.run.stages", "from edge_runtime.run.queues import StageQueue"),
         ("edge_runtime.builder.x", "from edge_runtime import __version__"),
+        ("edge_runtime.review.collector", "from edge_runtime.run.mqtt import MqttPublisher"),
     ],
 )
 def test_the_checker_allows(module: str, source: str) -> None:

@@ -153,7 +153,5 @@ def undo_last(store: ReviewStore, user: str) -> Labelled | None:
             if still_used is None:
                 conn.execute(sa.delete(t.skus).where((t.skus.c.code == row.sku) & t.skus.c.added.is_(True)))
         conn.execute(sa.update(a).where(a.c.id == row.id).values(undone=True))
-        devices = dict(
-            conn.execute(sa.select(e.c.id, e.c.device_id).where(e.c.id.in_(list(previous["events"])))).all()
-        )
+        devices = dict(conn.execute(sa.select(e.c.id, e.c.device_id).where(e.c.id.in_(list(previous["events"])))).all())
     return Labelled(row.id, row.kind, row.sku, [(i, str(devices.get(i, ""))) for i in previous["events"]])

@@ -135,7 +135,9 @@ def start_server(opts: ServeOptions) -> ReviewServer:
         http = make_server(opts.bind, opts.port, app, threaded=True)
     except OSError as exc:
         feedback.close()
-        raise UsageError(f"cannot listen on {opts.bind}:{opts.port}: {exc.strerror}", hint="choose another --port")
+        raise UsageError(
+            f"cannot listen on {opts.bind}:{opts.port}: {exc.strerror}", hint="choose another --port"
+        ) from None
     server = ReviewServer(store, collector, feedback, http, embedder, metrics)
     server.start()
     return server

@@ -57,9 +57,7 @@ def reasons(event: EventView, head: Head | None) -> list[str]:
     ambiguous = False
     if len(event.nearest) > 1 and event.nearest[1][0] in index:
         second = index[event.nearest[1][0]]
-        ambiguous = bool(
-            head.group_of_class[second] != head.group_of_class[best] and event.nearest[1][1] >= 0.5 * p1
-        )
+        ambiguous = bool(head.group_of_class[second] != head.group_of_class[best] and event.nearest[1][1] >= 0.5 * p1)
     c = head.config
     _, why = head_route(
         p1,
@@ -141,13 +139,12 @@ def create_app(ctx: ReviewApp, secret_key: bytes | None = None) -> Flask:
     @login_required
     def queue() -> str:
         args = request.args
-        filters = {
-            "device": args.get("device") or None,
-            "route": args.get("route") if args.get("route") in ("unknown", "verify") else None,
-            "since": _parse_time(args.get("since")),
-            "until": _parse_time(args.get("until")),
-        }
-        items = ctx.store.queue(**filters)
+        items = ctx.store.queue(
+            device=args.get("device") or None,
+            route=args.get("route") if args.get("route") in ("unknown", "verify") else None,
+            since=_parse_time(args.get("since")),
+            until=_parse_time(args.get("until")),
+        )
         return render_template(
             "queue.html",
             items=items,

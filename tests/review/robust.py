@@ -130,7 +130,7 @@ def check_review_robustness(work: Path, broker: Mosquitto, record: Record) -> No
         full_before = server.store.counters().get("quota_full", 0)
         assert full_before >= 1 and kept["ev-0-11"] is None  # two pending crops fill the quota
         record("crop quota full of pending crops", "--quota-mib for two crops, a third pending",
-               "stored without its crop", "counted as quota_full; the event is kept and can still be labelled")  # fmt: skip
+               "stored without its crop", "counted as quota_full; the event is kept and can be labelled")  # fmt: skip
         apply_label(server.store, ["ev-0-1"], "not_product", USER)
         _publish(broker, [("edge/rob-1/unknown", _event("rob-1", 12))])
         assert _wait(lambda: server.store.has("ev-0-12"), 10)

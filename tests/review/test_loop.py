@@ -318,7 +318,12 @@ def test_export_and_rebuild_recognise_the_new_product_on_unreviewed_photos(loop:
     history = (loop.root / "delta" / "history.csv").read_text().splitlines()
     assert history[0] == "date,sku,change" and history[1].endswith(f",{NEW_CODE},added")
     args = ["--profile", str(loop.profile), "--catalogue", str(loop.catalogue)]
-    args += ["--catalogue", str(loop.root / "delta" / "catalogue.csv"), "--history", str(loop.root / "delta" / "history.csv")]
+    args += [
+        "--catalogue",
+        str(loop.root / "delta" / "catalogue.csv"),
+        "--history",
+        str(loop.root / "delta" / "history.csv"),
+    ]
     assert build_main([*args, "--out", str(loop.root / "v2"), "--runs", "3", "-q"]) == 0
     bundle = load_bundle(loop.root / "v2" / "bundle")
     head = load_head(bundle)

@@ -60,6 +60,13 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
         return EXIT_INTERNAL
 
 
+# One folder of GPU engines per device (backends.base.default_engine_dir says why and how it is found).
+ENGINE_DIR_HELP = (
+    "GPU engine cache folder, shared by every edge-run instance, edge-bench and edge-build --engine-on-device "
+    "(default: $EDGE_ENGINE_DIR, systemd's StateDirectory entry 'engines', else ~/.local/state/edge_runtime/engines)"
+)
+
+
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more progress detail on stderr")
@@ -93,9 +100,10 @@ def build_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--engine-on-device",
         action="store_true",
-        help="also build the TensorRT engine now, on this device, into --state-dir (instead of on first start)",
+        help="also build the TensorRT engine now, on this device, into the engine folder edge-run reads "
+        "(instead of on first start)",
     )
-    parser.add_argument("--state-dir", type=Path, help="edge-run's state directory, where the engine cache lives")
+    parser.add_argument("--engine-dir", type=Path, help=ENGINE_DIR_HELP)
     parser.add_argument("--runs", type=int, default=30, help="timed inference runs per variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
@@ -139,12 +147,12 @@ def build_main(argv: list[str] | None = None) -> int:
             opts.cache_dir = args.cache_dir
         result = run_build(opts)
         if args.engine_on_device:
-            from edge_runtime.backends.tensorrt import build_engine, default_state_dir
+            from edge_runtime.backends.tensorrt import build_engine, default_engine_dir
 
             m = result.bundle.manifest
             engine, seconds = build_engine(
                 result.bundle.path("model.onnx"),
-                args.state_dir or default_state_dir(),
+                args.engine_dir or default_engine_dir(),
                 str(m["model"]["precision"]),
                 float(m["budget_mib"]),
                 result.profile.regions.max_regions,
@@ -187,6 +195,7 @@ def run_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", type=Path, help="outbox location (default: $STATE_DIRECTORY or ~/.local/state/edge_runtime)"
     )
+    parser.add_argument("--engine-dir", type=Path, help=ENGINE_DIR_HELP)
     parser.add_argument("--max-frames", type=int, help="stop after this many frames read from the source")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default: the profile's; 0 = off)")
     parser.add_argument("--mqtt-host", help="broker host (default: the profile's)")
@@ -232,6 +241,7 @@ def run_main(argv: list[str] | None = None) -> int:
                 bundle=args.bundle,
                 source=args.source,
                 state_dir=args.state_dir,
+                engine_dir=args.engine_dir,
                 max_frames=args.max_frames,
                 metrics_port=args.metrics_port,
                 mqtt_host=args.mqtt_host,
@@ -267,6 +277,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=10, help="frames run before measuring (default 10)")
     parser.add_argument("--camera", help="camera name in the bundle's profile (default: the first)")
+    parser.add_argument("--engine-dir", type=Path, help=ENGINE_DIR_HELP)
     parser.add_argument(
         "--publish",
         action="store_true",
@@ -301,6 +312,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                 warmup=args.warmup,
                 source=args.source,
                 camera=args.camera,
+                engine_dir=args.engine_dir,
                 publish=args.publish,
                 profile=args.profile,
                 budget_mib=args.budget_mib,

@@ -8,6 +8,7 @@ outputs out). Both are opened by registry name, and callers walk the profile's `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,29 @@ class RawModel(Protocol):
         ...
 
 
+ENGINE_DIR_ENV = "EDGE_ENGINE_DIR"
+
+
+def default_engine_dir() -> Path:
+    """The one folder of GPU engine caches on this device, shared by every edge-run instance (one per camera),
+    edge-bench and ``edge-build --engine-on-device``: an engine takes minutes to build on a Jetson and is the
+    same for every process that runs the same model on the same GPU (the cache key says so), so each camera
+    building its own, or edge-bench measuring another one, would only cost time and flash.
+
+    ``$EDGE_ENGINE_DIR``; else, under systemd, the ``StateDirectory=`` entry named ``engines`` (the units list
+    ``StateDirectory=edge/%i edge/engines``: systemd passes both in ``$STATE_DIRECTORY``, colon-separated);
+    else ``$XDG_STATE_HOME/edge_runtime/engines`` (``~/.local/state/edge_runtime/engines``).
+    """
+    explicit = os.environ.get(ENGINE_DIR_ENV, "").strip()
+    if explicit:
+        return Path(explicit)
+    for entry in os.environ.get("STATE_DIRECTORY", "").split(":"):
+        if entry.strip() and Path(entry.strip()).name == "engines":
+            return Path(entry.strip())
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "edge_runtime" / "engines"
+
+
 DEFAULT_MAX_BATCH = 16  # regions.max_regions' default: the largest batch a GPU engine is built for
 
 
@@ -72,7 +96,7 @@ class BackendOptions:
     embedding_output: str = "embedding"
     precision: str | None = None  # the bundle model's precision (fp32, fp16, int8); None = unknown
     budget_mib: float | None = None  # device.memory_budget_mib: GPU workspace and arena limits derive from it
-    state_dir: Path | None = None  # engine caches live under it; None = no ORT engine cache, default dir for TRT
+    engine_dir: Path | None = None  # engine caches live under it; None = no ORT engine cache, default dir for TRT
     max_batch: int = DEFAULT_MAX_BATCH
     allow_fallback: bool = False  # accept onnxruntime running fewer providers than planned (logged)
     image_input: tuple[str, int] | None = None  # the model's image input (name, S): GPU engine profiles need it
@@ -89,12 +113,12 @@ def _ort_factory(provider: str) -> Factory:
         from edge_runtime.backends.onnxruntime import OrtBackend, model_key, provider_plan
 
         # The TensorRT EP's engine cache is named by the model's digest (a rebuilt model.onnx gets a new engine).
-        key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
+        key = model_key(model) if provider == "tensorrt" and opts.engine_dir is not None else None
         plan = provider_plan(
             provider,
             opts.precision,
             opts.budget_mib,
-            opts.state_dir,
+            opts.engine_dir,
             model=key,
             image_input=opts.image_input,
             max_batch=opts.max_batch,
@@ -116,9 +140,9 @@ def _ort_raw_factory(provider: str) -> RawFactory:
         from edge_runtime.backends.gpumem import is_jetson
         from edge_runtime.backends.onnxruntime import OrtModel, model_key, provider_plan
 
-        key = model_key(model) if provider == "tensorrt" and opts.state_dir is not None else None
+        key = model_key(model) if provider == "tensorrt" and opts.engine_dir is not None else None
         jetson = provider != "cpu" and is_jetson()
-        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.state_dir, model=key, jetson=jetson)
+        plan = provider_plan(provider, opts.precision, opts.budget_mib, opts.engine_dir, model=key, jetson=jetson)
         return OrtModel(model, threads=opts.threads, plan=plan, allow_fallback=opts.allow_fallback)
 
     return make
@@ -144,7 +168,7 @@ def _tensorrt_factory(model: Path, opts: BackendOptions) -> Backend:
 
     return TensorRTBackend(
         model,
-        state_dir=opts.state_dir,
+        engine_dir=opts.engine_dir,
         precision=opts.precision,
         budget_mib=opts.budget_mib,
         max_batch=opts.max_batch,
@@ -259,14 +283,14 @@ def create_backend(
     embedding_output: str = "embedding",
     precision: str | None = None,
     budget_mib: float | None = None,
-    state_dir: Path | None = None,
+    engine_dir: Path | None = None,
     max_batch: int | None = None,
     allow_fallback: bool = False,
     image_input: tuple[str, int] | None = None,
 ) -> Backend:
     """Open ``model`` on backend ``name``; UsageError when the backend is not available here.
 
-    ``precision``, ``budget_mib`` and ``state_dir`` configure the GPU backends (precision flags, workspace and
+    ``precision``, ``budget_mib`` and ``engine_dir`` configure the GPU backends (precision flags, workspace and
     arena limits from the memory budget, engine caches); ``max_batch`` is the largest batch a TensorRT engine
     is built for, ``image_input`` (the model's input name and size, from the bundle manifest) what its
     optimisation profile is given for. The CPU backend ignores them.
@@ -279,7 +303,7 @@ def create_backend(
         embedding_output=embedding_output,
         precision=precision,
         budget_mib=budget_mib,
-        state_dir=Path(state_dir) if state_dir is not None else None,
+        engine_dir=Path(engine_dir) if engine_dir is not None else None,
         max_batch=max_batch or DEFAULT_MAX_BATCH,
         allow_fallback=allow_fallback,
         image_input=image_input,
@@ -294,7 +318,7 @@ def open_raw_model(
     allow_fallback: bool = False,
     threads: int = 0,
     budget_mib: float | None = None,
-    state_dir: Path | None = None,
+    engine_dir: Path | None = None,
 ) -> RawModel:
     """Open ``model`` (ONNX, run as it is, in fp32) on the first backend of ``prefer`` that exists here and can run
     a raw model.
@@ -316,7 +340,7 @@ def open_raw_model(
             opts = BackendOptions(
                 threads=threads,
                 budget_mib=budget_mib,
-                state_dir=Path(state_dir) if state_dir is not None else None,
+                engine_dir=Path(engine_dir) if engine_dir is not None else None,
                 allow_fallback=allow_fallback,
             )
             return RAW_REGISTRY[name](Path(model), opts)

@@ -2,7 +2,7 @@
 
 Which providers a session gets, in which order and with which options, is a ``ProviderPlan`` made by the pure
 function ``provider_plan()`` from the backend name, the bundle's precision, the profile's memory budget and
-the state directory; ``open_session()`` turns a plan into a session and checks which provider really runs.
+the device's engine folder; ``open_session()`` turns a plan into a session and checks which provider really runs.
 
 Memory: the profile's ``device.memory_budget_mib`` covers the whole service (interpreter, model, engine
 workspace, prototype table, frame buffers), so the GPU providers get fixed shares of it:
@@ -129,7 +129,7 @@ def model_key(model: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def trt_cache_dir(state_dir: Path, precision: str, model: str | None = None) -> Path:
+def trt_cache_dir(engine_dir: Path, precision: str, model: str | None = None) -> Path:
     """Where the TensorRT EP keeps its engines and timing cache.
 
     Keyed by onnxruntime version, precision and the model's ``model_key``: every bundle ships its model as
@@ -138,7 +138,7 @@ def trt_cache_dir(state_dir: Path, precision: str, model: str | None = None) -> 
     or precision setting must not be picked up either.
     """
     name = f"onnxruntime-{ort.__version__}-trt-{precision}" + (f"-{model}" if model else "")
-    return Path(state_dir) / "engines" / name
+    return Path(engine_dir) / name
 
 
 def trt_profile_shapes(name: str, size: int, max_batch: int) -> dict[str, OptionValue]:
@@ -161,7 +161,7 @@ def provider_plan(
     backend_name: str,
     precision: str | None,
     budget_mib: float | None,
-    state_dir: Path | None,
+    engine_dir: Path | None,
     device_id: int = 0,
     model: str | None = None,
     image_input: tuple[str, int] | None = None,
@@ -173,7 +173,7 @@ def provider_plan(
     ``precision`` is the bundle model's precision (fp32, fp16, int8; None = fp32). For the TensorRT EP it sets
     ``trt_fp16_enable`` (fp16 and int8: layers outside Q/DQ pairs may run in fp16) and ``trt_int8_enable``
     (int8: the QDQ model's explicit scales are used, no calibration table). ``budget_mib`` None leaves
-    ONNX Runtime's memory defaults; ``state_dir`` None disables the engine and timing caches; ``model`` is the
+    ONNX Runtime's memory defaults; ``engine_dir`` None disables the engine and timing caches; ``model`` is the
     model's ``model_key``, which the engine cache folder is named by. ``image_input`` (name, S) of a
     ``[N, 3, S, S]`` model gives the TensorRT EP an explicit profile for batches 1..``max_batch``: without one it
     builds its engine for the first batch it sees and rebuilds it whenever a larger one arrives (minutes of
@@ -208,8 +208,8 @@ def provider_plan(
                 trt["trt_max_workspace_size"] = int(budget_mib * TRT_WORKSPACE_FRACTION) * MIB
             if image_input is not None:
                 trt.update(trt_profile_shapes(*image_input, max_batch))
-            if state_dir is not None:
-                cache = str(trt_cache_dir(state_dir, precision, model))
+            if engine_dir is not None:
+                cache = str(trt_cache_dir(engine_dir, precision, model))
                 trt.update(
                     trt_engine_cache_enable=True,
                     trt_engine_cache_path=cache,

@@ -71,7 +71,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         embedding_output=args.embedding_output,
         precision=args.precision,
         budget_mib=args.budget_mib,
-        state_dir=engines,
+        engine_dir=engines,
         max_batch=args.max_batch,
         image_input=(args.input_name, args.input_size) if args.input_size else None,
     )

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edge_runtime.backends import default_engine_dir
 from edge_runtime.errors import AuthError
 from edge_runtime.head.model import load_head
 from edge_runtime.profile import Camera
@@ -75,6 +76,7 @@ class RunOptions:
     bundle: Path
     source: str | None = None  # None: the camera's source (see fallback_source when that is empty)
     state_dir: Path | None = None  # None: $STATE_DIRECTORY, else ~/.local/state/edge_runtime/DEVICE-CAMERA
+    engine_dir: Path | None = None  # GPU engine caches; None: backends.default_engine_dir() (shared by all)
     max_frames: int | None = None  # stop after this many frames read from the source
     metrics_port: int | None = None  # 0 disables the endpoint
     metrics_addr: str = "0.0.0.0"
@@ -178,13 +180,15 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         device_id = instance_device_id(profile, camera, options.device_id)
         default_dir = default_state_dir(options.device_id or profile.mqtt_device_id, camera.name)
         state_dir = Path(options.state_dir) if options.state_dir else default_dir
+        # GPU engines: one folder for every camera instance, edge-bench and edge-build --engine-on-device.
+        engine_dir = Path(options.engine_dir) if options.engine_dir else default_engine_dir()
         if device_id != profile.mqtt_device_id and not options.device_id:
             log.info("profile has %d cameras: this instance publishes as %s", len(profile.cameras), device_id)
         head = load_head(bundle)
         skus = [s.code for s in head.skus]
 
         # 2. The backend, checked against the input size the bundle was built and calibrated for.
-        backend, input_size = open_checked_backend(bundle, profile, head, state_dir, cleanup)
+        backend, input_size = open_checked_backend(bundle, profile, head, engine_dir, cleanup)
 
         # 3. The source (lazy for cameras: the first read connects), sampler and region finder.
         source, uri = open_frames(options.frames, options.source, camera, state_dir, options.fallback_source)
@@ -197,7 +201,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
             threads=profile.backend.threads,
             prefer=profile.backend.prefer,
             allow_fallback=profile.backend.allow_fallback,
-            state_dir=state_dir,
+            engine_dir=engine_dir,
         )
 
         # 4. Sinks: metrics, the publisher over its durable outbox, feedback, systemd.

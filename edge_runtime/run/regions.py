@@ -173,10 +173,10 @@ class DetectorRegions:
         threads: int = 0,
         prefer: Sequence[str] = (LAST_RESORT,),
         allow_fallback: bool = False,
-        state_dir: Path | None = None,
+        engine_dir: Path | None = None,
     ) -> None:
         """``input_size`` is one side or ``(width, height)``; ``threads`` = intra-op threads, 0 = all cores;
-        ``prefer``, ``allow_fallback`` and ``state_dir`` (engine caches) as the profile's ``[backend]``."""
+        ``prefer``, ``allow_fallback`` and ``engine_dir`` (engine caches) as the profile's ``[backend]``."""
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(
@@ -189,7 +189,7 @@ class DetectorRegions:
         self.score_threshold = float(score_threshold)
         self.max_regions = int(max_regions)
         self.nms_iou = float(nms_iou)
-        self.model = open_raw_model(path, prefer, allow_fallback=allow_fallback, threads=threads, state_dir=state_dir)
+        self.model = open_raw_model(path, prefer, allow_fallback=allow_fallback, threads=threads, engine_dir=engine_dir)
 
         inputs = self.model.inputs
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
@@ -294,7 +294,7 @@ def make_region_finder(
     threads: int = 0,
     prefer: Sequence[str] = (LAST_RESORT,),
     allow_fallback: bool = False,
-    state_dir: Path | None = None,
+    engine_dir: Path | None = None,
 ) -> RegionFinder:
     """The finder the profile's ``[regions]`` asks for; ``detector_model`` is relative to ``base_dir``.
 
@@ -324,5 +324,5 @@ def make_region_finder(
         threads=threads,
         prefer=prefer,
         allow_fallback=allow_fallback,
-        state_dir=state_dir,
+        engine_dir=engine_dir,
     )

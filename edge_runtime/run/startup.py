@@ -144,11 +144,12 @@ def manifest_image_input(manifest: dict[str, Any]) -> tuple[str, int] | None:
     return str(model.get("input_name") or DEFAULT_INPUT_NAME), size
 
 
-def open_backend(bundle: Bundle, profile: DeviceProfile, state_dir: Path | None = None) -> Backend:
+def open_backend(bundle: Bundle, profile: DeviceProfile, engine_dir: Path | None = None) -> Backend:
     """The first backend of the profile's ``prefer`` list that exists here and loads the bundle's model.
 
-    GPU backends get the bundle's precision, the memory budget (workspace and arena limits), the state
-    directory (engine caches survive restarts) and the largest batch the regions can make.
+    GPU backends get the bundle's precision, the memory budget (workspace and arena limits), the device's
+    engine folder (engines survive restarts and are shared by every instance) and the largest batch the
+    regions can make.
     """
     prefer: list[str] = list(profile.backend.prefer)
     measured = str(bundle.manifest.get("measurement", {}).get("backend", "") or "")
@@ -175,7 +176,7 @@ def open_backend(bundle: Bundle, profile: DeviceProfile, state_dir: Path | None 
                 embedding_output=output,
                 precision=str(bundle.manifest.get("model", {}).get("precision") or "fp32"),
                 budget_mib=float(profile.device.memory_budget_mib),
-                state_dir=state_dir,
+                engine_dir=engine_dir,
                 max_batch=profile.regions.max_regions,
                 image_input=manifest_image_input(bundle.manifest),
             )
@@ -230,11 +231,11 @@ def check_head_input(bundle: Bundle, backend: Backend, head: Head) -> None:
 
 
 def open_checked_backend(
-    bundle: Bundle, profile: DeviceProfile, head: Head, state_dir: Path, cleanup: contextlib.ExitStack
+    bundle: Bundle, profile: DeviceProfile, head: Head, engine_dir: Path, cleanup: contextlib.ExitStack
 ) -> tuple[Backend, int]:
     """``open_backend``, closed by ``cleanup``, checked against the input size the bundle was built and
     calibrated for and against the head's input width; (backend, input size)."""
-    backend = open_backend(bundle, profile, state_dir)
+    backend = open_backend(bundle, profile, engine_dir)
     cleanup.callback(backend.close)
     input_size = int(bundle.manifest.get("model", {}).get("input_size") or backend.input_size)
     if backend.input_size != input_size:

@@ -60,10 +60,10 @@ def test_engine_cache_key_is_stable_and_covers_every_field() -> None:
     assert len(keys) == len(changed) and key not in keys
 
 
-def test_engine_cache_path_lives_under_the_state_dir(tmp_path: Path) -> None:
+def test_engine_cache_path_lives_in_the_engine_folder(tmp_path: Path) -> None:
     key = trt_backend.engine_cache_key(**KEY_ARGS)
     path = trt_backend.engine_cache_path(tmp_path, key)
-    assert path == tmp_path / "engines" / f"trt-{key}.engine"
+    assert path == tmp_path / f"trt-{key}.engine"
     assert trt_backend.sidecar_path(path) == path.with_suffix(".json")
 
 
@@ -332,7 +332,7 @@ def test_tensorrt_backend_buffers_and_batches(tiny_model_path: Path, monkeypatch
     monkeypatch.setattr(
         trt_engine, "_ensure_engine", lambda *a: (Path("/state/engines/trt-x.engine"), 2.5, engine, object())
     )
-    backend = trt_backend.TensorRTBackend(tiny_model_path, state_dir=Path("/state"), max_batch=4)
+    backend = trt_backend.TensorRTBackend(tiny_model_path, engine_dir=Path("/state"), max_batch=4)
     assert (backend.name, backend.providers, backend.input_size, backend.max_batch) == (
         "tensorrt",
         ("TensorRT 10.3.0",),
@@ -370,12 +370,22 @@ def test_workspace_follows_the_budget() -> None:
     assert trt_backend.workspace_bytes(20) == 16 * MIB
 
 
-def test_default_state_dir_follows_systemd(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
-    assert trt_backend.default_state_dir() == tmp_path / "a"
-    monkeypatch.delenv("STATE_DIRECTORY")
+def test_one_engine_folder_for_every_process_on_the_device(monkeypatch, tmp_path: Path) -> None:
+    # Under systemd: the StateDirectory= entry named engines, whatever the camera's own entry (listed first).
+    monkeypatch.delenv(trt_backend.ENGINE_DIR_ENV, raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'edge' / 'cam0'}:{tmp_path / 'edge' / 'engines'}")
+    assert trt_backend.default_engine_dir() == tmp_path / "edge" / "engines"
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'edge' / 'bench'}:{tmp_path / 'edge' / 'engines'}")
+    assert trt_backend.default_engine_dir() == tmp_path / "edge" / "engines"  # edge-bench finds the same one
+    # The variable wins (edge-build --engine-on-device outside systemd, tests); then the user's state folder.
+    monkeypatch.setenv(trt_backend.ENGINE_DIR_ENV, str(tmp_path / "x"))
+    assert trt_backend.default_engine_dir() == tmp_path / "x"
+    monkeypatch.delenv(trt_backend.ENGINE_DIR_ENV)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "edge" / "cam0"))  # an old unit: no engines entry
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert trt_backend.default_state_dir() == tmp_path / "edge_runtime"
+    assert trt_backend.default_engine_dir() == tmp_path / "edge_runtime" / "engines"
+    # Engines and the EP's caches lie in that folder itself, keyed (no per-camera subfolder).
+    assert trt_backend.engine_cache_path(tmp_path, "k").parent == tmp_path
 
 
 # --------------------------------------------------------------------------- the probe (subprocesses)
@@ -446,7 +456,7 @@ _PARITY_CHILD = textwrap.dedent(
     for name, precision in args["models"]:
         model = Path(args["dir"]) / name
         cpu = create_backend("onnxruntime-cpu", model, threads=1)
-        trt = create_backend("tensorrt", model, precision=precision, budget_mib=512, state_dir=args["state"],
+        trt = create_backend("tensorrt", model, precision=precision, budget_mib=512, engine_dir=args["state"],
                              max_batch=4)
         x = rng.uniform(0, 255, (6, 3, cpu.input_size, cpu.input_size)).astype(np.float32)  # > max_batch
         a, b = cpu.embed(x), trt.embed(x)

@@ -37,12 +37,21 @@ def test_units_carry_the_profile_budget_watchdog_and_hardening(tmp_path: Path, n
     assert d["MemoryMax"] == [f"{profile.device.memory_budget_mib}M"]
     assert float(d["WatchdogSec"][0]) == profile.health.watchdog_s
     assert d["User"] == ["edge"] and d["SupplementaryGroups"] == ["video"]
-    assert d["StateDirectory"] == ["edge/%i"]
+    # The instance's own folder (outbox) first, then the engine folder every instance and edge-bench share.
+    assert d["StateDirectory"] == ["edge/%i edge/engines"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert d[key] == ["yes"], key
     assert d["ProtectSystem"] == ["strict"]
     bench = directives(bench_unit)
     assert bench["Type"] == ["oneshot"] and "edge-bench --bundle /opt/edge/bundle" in bench["ExecStart"][0]
+    assert bench["StateDirectory"] == ["edge/bench edge/engines"]
+    # systemd unescapes $$ and %% before the shell sees the line: the report goes to the first state directory.
+    shell = bench["ExecStart"][0].replace("$$", "$").replace("%%", "%")
+    script = shell.split("-c ", 1)[1].strip("'").replace(f"exec {BIN_DIR}/edge-bench", "echo")
+    (tmp_path / "bench").mkdir()
+    env = {"STATE_DIRECTORY": f"{tmp_path}/bench:{tmp_path}/engines", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["/bin/sh", "-c", script], env=env, check=True)
+    assert "--bundle /opt/edge/bundle --json" in (tmp_path / "bench" / "report.json").read_text()
     assert "@" not in "".join(v for vs in {**d, **bench}.values() for v in vs if "%i" not in v)
 
 

@@ -11,12 +11,12 @@ imports ``tensorrt`` or a CUDA binding at module import time: only the functions
 package imports (and its tests run) on machines without a GPU.
 """
 
+from edge_runtime.backends.base import ENGINE_DIR_ENV, default_engine_dir
 from edge_runtime.backends.tensorrt.cache import (
     KEY_SCHEMA,
     SIDECAR_SCHEMA,
     CacheCheck,
     check_cached_engine,
-    default_state_dir,
     engine_cache_key,
     engine_cache_path,
     engine_key_fields,
@@ -39,6 +39,7 @@ from edge_runtime.backends.tensorrt.probe import (
 __all__ = [
     "CUDA_BINDING_HINT",
     "DEFAULT_WORKSPACE_MIB",
+    "ENGINE_DIR_ENV",
     "KEY_SCHEMA",
     "PROBE_TIMEOUT_S",
     "SIDECAR_SCHEMA",
@@ -52,7 +53,7 @@ __all__ = [
     "TensorRTBackend",
     "build_engine",
     "check_cached_engine",
-    "default_state_dir",
+    "default_engine_dir",
     "engine_cache_key",
     "engine_cache_path",
     "engine_key_fields",

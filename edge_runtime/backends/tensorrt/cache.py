@@ -1,7 +1,8 @@
 """The engine cache: keys, sidecars, verification, atomic writes and the cross-process build lock.
 
 Engines are specific to the TensorRT version, the GPU and the build settings, so they are built on the device
-and cached under the state directory, keyed by ``engine_cache_key()``: sha256 of the model bytes, TensorRT
+and cached in the device's engine folder (``backends.base.default_engine_dir``), keyed by ``engine_cache_key()``:
+sha256 of the model bytes, TensorRT
 version, GPU name, compute capability, precision and maximum batch. Each engine has a JSON sidecar with the key
 fields and the engine's own sha256; a cached engine whose sidecar is missing, names another key, or whose bytes
 do not hash to the recorded sha256, or that TensorRT cannot deserialise, is rebuilt (and the log says why).
@@ -66,8 +67,8 @@ def engine_cache_key(
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def engine_cache_path(state_dir: Path, key: str) -> Path:
-    return Path(state_dir) / "engines" / f"trt-{key}.engine"
+def engine_cache_path(engine_dir: Path, key: str) -> Path:
+    return Path(engine_dir) / f"trt-{key}.engine"
 
 
 def sidecar_path(engine_path: Path) -> Path:
@@ -149,16 +150,6 @@ def write_cached_engine(path: Path, key: str, fields: dict[str, Any], engine: by
     atomic_write(sidecar_path(path), (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def default_state_dir() -> Path:
-    """$STATE_DIRECTORY (systemd's StateDirectory=, first entry), else $XDG_STATE_HOME/edge_runtime
-    (~/.local/state/edge_runtime)."""
-    env = os.environ.get("STATE_DIRECTORY", "")
-    if env.strip():
-        return Path(env.split(":")[0])
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "edge_runtime"
-
-
 @contextlib.contextmanager
 def build_lock(path: Path) -> Iterator[None]:
     """One engine build per key at a time across processes (two camera instances start together)."""
@@ -171,6 +162,6 @@ def build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def timing_cache_path(state_dir: Path, trt_version: str, compute_capability: str) -> Path:
+def timing_cache_path(engine_dir: Path, trt_version: str, compute_capability: str) -> Path:
     """TensorRT's timing cache next to the engines, one per TensorRT version and compute capability."""
-    return Path(state_dir) / "engines" / f"timing-trt{trt_version}-sm{compute_capability}.cache"
+    return Path(engine_dir) / f"timing-trt{trt_version}-sm{compute_capability}.cache"

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.base import DEFAULT_MAX_BATCH
+from edge_runtime.backends.base import DEFAULT_MAX_BATCH, default_engine_dir
 from edge_runtime.backends.onnxruntime import MIB, TRT_WORKSPACE_FRACTION
 from edge_runtime.backends.tensorrt.cache import (
     atomic_write,
     build_lock,
-    default_state_dir,
     engine_cache_key,
     engine_cache_path,
     engine_key_fields,
@@ -171,7 +170,7 @@ def _ensure_engine(
     trt: Any,
     cuda: CudaBinding,
     model_path: Path,
-    state_dir: Path,
+    engine_dir: Path,
     precision: str | None,
     budget_mib: float | None,
     max_batch: int,
@@ -186,7 +185,7 @@ def _ensure_engine(
         hashlib.sha256(model_bytes).hexdigest(), trt.__version__, gpu_name, cc, precision or "auto", max_batch
     )
     key = engine_cache_key(**{k: v for k, v in fields.items() if k != "schema"})
-    path = engine_cache_path(state_dir, key)
+    path = engine_cache_path(engine_dir, key)
     runtime = trt.Runtime(_trt_logger(trt))
     engine, why = load_cached_engine(path, key, runtime.deserialize_cuda_engine)
     if engine is not None:
@@ -198,7 +197,7 @@ def _ensure_engine(
             log.info("TensorRT engine reused: %s", why_now)
             return path, 0.0, engine, runtime
         log.info("TensorRT engine (re)build: %s", why)
-        timing = timing_cache_path(state_dir, trt.__version__, cc)
+        timing = timing_cache_path(engine_dir, trt.__version__, cc)
         with _tensorrt_errors(trt, Path(model_path)):
             data, seconds = _build_serialized(trt, Path(model_path), precision, budget_mib, max_batch, timing)
         write_cached_engine(path, key, fields, data, seconds)
@@ -211,7 +210,7 @@ def _ensure_engine(
 
 def build_engine(
     model_path: Path,
-    state_dir: Path,
+    engine_dir: Path,
     precision: str | None,
     budget_mib: float | None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -224,7 +223,7 @@ def build_engine(
     cuda = open_cuda()
     with cuda.current():
         path, seconds, engine, runtime = _ensure_engine(
-            trt, cuda, Path(model_path), Path(state_dir), precision, budget_mib, max_batch
+            trt, cuda, Path(model_path), Path(engine_dir), precision, budget_mib, max_batch
         )
         del engine, runtime
     return path, seconds
@@ -236,8 +235,8 @@ def build_engine(
 class TensorRTBackend:
     """The ``tensorrt`` backend (the ``Backend`` protocol): embeds batches with a TensorRT engine.
 
-    Opening builds the engine for ``model`` on this GPU, or reuses a verified cached one under ``state_dir``
-    (default: ``default_state_dir()``), then allocates device buffers for ``max_batch`` and one CUDA stream.
+    Opening builds the engine for ``model`` on this GPU, or reuses a verified cached one under ``engine_dir``
+    (default: ``default_engine_dir()``), then allocates device buffers for ``max_batch`` and one CUDA stream.
     ``precision`` is the bundle model's (int8 needs a QDQ model), ``budget_mib`` sets the build workspace, and
     ``embedding_output`` names the output tensor ``embed`` returns. ``engine_path`` and ``build_seconds`` (0.0
     when the cached engine was reused) say what happened. Needs TensorRT and cuda-python or pycuda; raises
@@ -258,7 +257,7 @@ class TensorRTBackend:
         self,
         model: Path,
         *,
-        state_dir: Path | None = None,
+        engine_dir: Path | None = None,
         precision: str | None = None,
         budget_mib: float | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -274,7 +273,8 @@ class TensorRTBackend:
         self._cuda = open_cuda(device_id)
         with self._cuda.current():
             try:
-                self._open(trt, Path(model), state_dir, precision, budget_mib, max(1, int(max_batch)), embedding_output)
+                batch = max(1, int(max_batch))
+                self._open(trt, Path(model), engine_dir, precision, budget_mib, batch, embedding_output)
             except BaseException:
                 self.close()
                 raise
@@ -283,13 +283,13 @@ class TensorRTBackend:
         self,
         trt: Any,
         model: Path,
-        state_dir: Path | None,
+        engine_dir: Path | None,
         precision: str | None,
         budget_mib: float | None,
         max_batch: int,
         embedding_output: str,
     ) -> None:
-        state = Path(state_dir) if state_dir is not None else default_state_dir()
+        state = Path(engine_dir) if engine_dir is not None else default_engine_dir()
         self.engine_path, self.build_seconds, self._engine, self._runtime = _ensure_engine(
             trt, self._cuda, model, state, precision, budget_mib, max_batch
         )

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export EDGE_CACHE_DIR ?= $(CURDIR)/.cache
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test test-fast lint typecheck sysdeps clean bench
+.PHONY: setup demo test test-fast lint typecheck sysdeps clean bench review-demo
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/edge-build --profile dev-cpu --out $(DEMO_OUT)
 	$(PY) build_scripts/demo_run.py --bundle $(DEMO_OUT)/bundle
+
+# The unknown-object loop on the demo catalogue: build, edge-run on new products, edge-review collects and groups,
+# a reviewer labels (the script; INTERACTIVE=1 leaves it to you in the browser), export, rebuild, check.
+review-demo: setup
+	$(PY) build_scripts/review_demo.py $(if $(INTERACTIVE),--interactive)
 
 # The README's test command (and CI's): lint, format, types, then every test.
 test: lint typecheck
@@ -49,7 +54,8 @@ docs: setup
 
 # System packages the tests use for real: mosquitto (broker and mosquitto_passwd), openssl (a test CA for
 # MQTT over TLS), systemd (systemd-analyze verify for the units), chromium and its driver (the review page in a
-# real browser), postgresql (edge-review on a real server: the test starts its own cluster). Only what is missing is installed.
+# real browser), postgresql (edge-review on a real server: the test starts its own cluster). Only what is
+# missing is installed.
 SYS_TOOLS := mosquitto:mosquitto mosquitto_passwd:mosquitto openssl:openssl systemd-analyze:systemd \
   chromium:chromium chromedriver:chromium-driver pg_ctlcluster:postgresql
 sysdeps:

@@ -24,6 +24,7 @@ import ctypes
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,12 @@ def parse_meminfo(text: str) -> dict[str, float]:
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
 _GR3D = re.compile(r"\bGR3D_FREQ (\d+)%(?:@\[?(\d+))?")
-_NVMAP = re.compile(r"\bNVMAP (\d+) ?MB")
 
 
 def parse_tegrastats(line: str) -> dict[str, float]:
     """One ``tegrastats`` line -> ram_used_mb, ram_total_mb, and where present swap_used_mb, swap_total_mb,
-    gr3d_freq_pct (GPU load), gr3d_mhz (GPU clock) and nvmap_mb. ValueError when the line has no RAM field.
+    gr3d_freq_pct (GPU load) and gr3d_mhz (GPU clock). ValueError when the line has no RAM field. tegrastats
+    prints no nvmap figure: GPU allocations come from ``unified_memory_used_mib`` (/proc/meminfo or debugfs).
 
     Handles the formats of JetPack 4 (``GR3D_FREQ 0%@76``), 5 (``GR3D_FREQ 0%@[305,305]``) and 6 (``GR3D_FREQ 0%``).
     """
@@ -85,9 +86,6 @@ def parse_tegrastats(line: str) -> dict[str, float]:
         out["gr3d_freq_pct"] = float(gr3d.group(1))
         if gr3d.group(2) is not None:
             out["gr3d_mhz"] = float(gr3d.group(2))
-    nvmap = _NVMAP.search(line)
-    if nvmap:
-        out["nvmap_mb"] = float(nvmap.group(1))
     return out
 
 
@@ -120,15 +118,41 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def parse_nvmap_total(text: str) -> float | None:
+    """MiB all nvmap clients hold together, from ``iovmm/clients`` (its ``total`` line where it has one, else the
+    sum of the client rows); None when the text has neither."""
+    rows, total = 0, None
+    for line in text.splitlines():
+        cols = line.split()
+        if not cols:
+            continue
+        size = _SIZE.match(cols[-1])
+        if size is None:
+            continue
+        value = int(size.group(1)) * _UNIT[size.group(2).upper()]
+        if cols[0].lower() == "total":
+            total = value
+        elif len(cols) >= 4 and cols[-2].isdigit():
+            rows += value
+    if total is not None:
+        return total / MIB
+    return rows / MIB if rows else None
+
+
 def unified_memory_used_mib(root: Path = _ROOT) -> float | None:
-    """On a Jetson, the system-wide nvmap (GPU-side) allocation in MiB from /proc/meminfo's NvMapMemUsed.
+    """On a Jetson, the system-wide nvmap (GPU-side) allocation in MiB: /proc/meminfo's NvMapMemUsed, or where a
+    kernel has no such field, the total of nvmap's ``iovmm/clients`` table (debugfs, root only).
 
     System-wide, not per process: take a difference around what you measure. None elsewhere or when absent.
     """
     if not is_jetson(root):
         return None
     text = _read(root / "proc" / "meminfo")
-    return None if text is None else parse_meminfo(text).get("NvMapMemUsed")
+    used = None if text is None else parse_meminfo(text).get("NvMapMemUsed")
+    if used is not None:
+        return used
+    clients = _read(root / "sys" / "kernel" / "debug" / "nvmap" / "iovmm" / "clients")
+    return None if clients is None else parse_nvmap_total(clients)
 
 
 def jetson_memory(root: Path = _ROOT) -> dict[str, float] | None:
@@ -214,50 +238,72 @@ def _processes(lib: ctypes.CDLL, handle: ctypes.c_void_p) -> list[tuple[int, int
     return None
 
 
-def nvml_memory_used_mib(pid: int) -> float | None:
-    """GPU memory of ``pid`` over all devices per NVML, in MiB.
-
-    When NVML cannot attribute memory to the process (no per-process list, or the PID is not visible, as in a
-    container with its own PID namespace) the devices' total used memory is returned: an upper bound that
-    includes other processes. None without NVML.
-    """
+def _nvml_devices(visit: Callable[[ctypes.CDLL, ctypes.c_void_p], None]) -> bool:
+    """Calls ``visit(lib, handle)`` for every NVML device; False without NVML."""
     lib = _load_nvml()
     if lib is None:
-        return None
+        return False
     init = _fn(lib, "nvmlInit_v2", "nvmlInit")
     if init is None or init[1]() != _NVML_SUCCESS:  # type: ignore[operator]
-        return None
+        return False
     try:
         count = ctypes.c_uint(0)
         get_count = _fn(lib, "nvmlDeviceGetCount_v2", "nvmlDeviceGetCount")
         if get_count is None or get_count[1](ctypes.byref(count)) != _NVML_SUCCESS:  # type: ignore[operator]
-            return None
+            return False
         by_index = _fn(lib, "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex")
         if by_index is None:
-            return None
-        own, found, device_used, any_device = 0, False, 0, False
+            return False
         for index in range(count.value):
             handle = ctypes.c_void_p()
-            if by_index[1](ctypes.c_uint(index), ctypes.byref(handle)) != _NVML_SUCCESS:  # type: ignore[operator]
-                continue
-            for p, used in _processes(lib, handle) or []:
-                if p == pid and used != _NVML_VALUE_NOT_AVAILABLE:
-                    own += used
-                    found = True
-            memory = _Memory()
-            if lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) == _NVML_SUCCESS:
-                device_used += memory.used
-                any_device = True
-        if found:
-            return own / MIB
-        if any_device:
-            log.debug("NVML does not list pid %d; reporting the devices' used memory", pid)
-            return device_used / MIB
-        return None
+            if by_index[1](ctypes.c_uint(index), ctypes.byref(handle)) == _NVML_SUCCESS:  # type: ignore[operator]
+                visit(lib, handle)
+        return True
     finally:
         shutdown = getattr(lib, "nvmlShutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+def nvml_memory_used_mib(pid: int) -> float | None:
+    """GPU memory of ``pid`` over all devices per NVML, in MiB; None without NVML or when NVML does not list the
+    process (no per-process accounting, or a container with its own PID namespace). Never the devices' total:
+    that is other processes' memory too, and ``nvml_device_used_mib`` says so by its name."""
+    own: list[int] = []
+
+    def visit(lib: ctypes.CDLL, handle: ctypes.c_void_p) -> None:
+        for p, used in _processes(lib, handle) or []:
+            if p == pid and used != _NVML_VALUE_NOT_AVAILABLE:
+                own.append(used)
+
+    if not _nvml_devices(visit):
+        return None
+    return sum(own) / MIB if own else None
+
+
+def nvml_device_used_mib() -> float | None:
+    """Memory used on all NVML devices together, in MiB, every process's: device-wide, a figure to take a
+    difference of around a measurement in an otherwise idle machine. None without NVML."""
+    used: list[int] = []
+
+    def visit(lib: ctypes.CDLL, handle: ctypes.c_void_p) -> None:
+        memory = _Memory()
+        if lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) == _NVML_SUCCESS:
+            used.append(memory.used)
+
+    if not _nvml_devices(visit) or not used:
+        return None
+    return sum(used) / MIB
+
+
+def system_gpu_used_mib(root: Path = _ROOT) -> float | None:
+    """GPU memory used by everything on this machine, MiB: the Jetson's nvmap total, else NVML's devices' used
+    memory; None where neither tells. The footprint and edge-bench take its growth across a run when no
+    per-process figure exists, and label it system-wide."""
+    unified = unified_memory_used_mib(root)
+    if unified is not None or is_jetson(root):
+        return unified
+    return nvml_device_used_mib() if root == _ROOT else None
 
 
 def gpu_memory_used_mib(pid: int | None = None, *, root: Path = _ROOT) -> float | None:

@@ -20,16 +20,17 @@ MIB = 1024 * 1024
 
 
 def gpu_reader() -> tuple[Any, Any]:
-    """(per-process reader, Jetson system-wide reader), or Nones when this build has no GPU memory module."""
+    """(per-process reader, system-wide reader: the Jetson's nvmap total or NVML's devices' used memory), or
+    Nones when this build has no GPU memory module."""
     try:
-        from edge_runtime.backends.gpumem import gpu_memory_used_mib, unified_memory_used_mib
+        from edge_runtime.backends.gpumem import gpu_memory_used_mib, system_gpu_used_mib
     except ImportError:
         return None, None
-    return gpu_memory_used_mib, unified_memory_used_mib
+    return gpu_memory_used_mib, system_gpu_used_mib
 
 
 class GpuPeakSampler:
-    """This process's GPU memory and the Jetson's system-wide nvmap total, each polled while a run goes on
+    """This process's GPU memory and the system-wide GPU total (nvmap or NVML), each polled while a run goes on
     (``memory.PeakSampler``): read once the run has returned, the backend is closed and its GPU memory
     released, so a figure read then overstates the headroom. ``readers``: (per-process, system-wide), each
     returning MiB or None; ``gpu_reader()`` by default."""
@@ -88,7 +89,8 @@ def gpu_memory_mib(
     if after is None and unified is not None:
         after = unified()
     if unified_before is not None and after is not None:
-        return max(0.0, float(after) - float(unified_before)), "system-wide nvmap growth during the run (peak)"
+        # Every process's GPU memory: only this run's in an otherwise idle machine, and labelled as such.
+        return max(0.0, float(after) - float(unified_before)), "system-wide growth during the run (peak; nvmap or NVML)"
     return None, "not exposed here"
 
 

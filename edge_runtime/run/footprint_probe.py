@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
     from edge_runtime.backends import create_backend
-    from edge_runtime.backends.gpumem import footprint_gpu_mib, gpu_memory_used_mib, unified_memory_used_mib
+    from edge_runtime.backends.gpumem import footprint_gpu_mib, gpu_memory_used_mib, system_gpu_used_mib
 
     baseline = psutil.Process().memory_info().rss
     # GPU memory is added to the peak RSS, never already in it: VRAM on a discrete GPU, and on a Jetson the
@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     # Per-process figures (NVML, nvmap debugfs) win; else the Jetson's system-wide nvmap growth across this
     # fresh process's run. Read once the runs are done: the steady state, not an engine build's transient peak.
     gpu_wanted = args.backend != "onnxruntime-cpu"
-    unified_before = unified_memory_used_mib() if gpu_wanted else None
+    unified_before = system_gpu_used_mib() if gpu_wanted else None
     sampler = RssPeakSampler()
     sampler.start()
     frames = np.ones(max(args.frame_bytes, 0), dtype=np.uint8)  # touched: camera frame queue
@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     del tensors
     gpu_mib = 0.0
     if gpu_wanted and backend.name != "onnxruntime-cpu":  # a fallback to the CPU holds no GPU memory
-        gpu_mib = footprint_gpu_mib(gpu_memory_used_mib(), unified_before, unified_memory_used_mib())
+        gpu_mib = footprint_gpu_mib(gpu_memory_used_mib(), unified_before, system_gpu_used_mib())
     times.sort()
     return {
         "backend": backend.name,

@@ -43,9 +43,15 @@ def test_tegrastats_lines(name: str) -> None:
     assert stats.get("gr3d_mhz") == mhz
 
 
-def test_tegrastats_nvmap_field_and_garbage() -> None:
-    stats = gpumem.parse_tegrastats("RAM 2847/7772MB (lfb 512x4MB) SWAP 0/3886MB IOVA 104 MB NVMAP 1124 MB AO 0 MB")
-    assert stats["nvmap_mb"] == 1124 and "gr3d_freq_pct" not in stats
+def test_tegrastats_real_jetpack6_line_and_garbage() -> None:
+    # A JetPack 6 line as tegrastats prints it: RAM, SWAP, CPU, GR3D; no nvmap figure of any kind.
+    line = (
+        "RAM 3162/7620MB (lfb 4x2MB) SWAP 0/3810MB (cached 0MB) CPU [3%@1510,2%@1510,1%@1510,0%@1510,"
+        "off,off] EMC_FREQ 0% GR3D_FREQ 1% cpu@49.2C soc2@47.9C VDD_IN 5120mW/5120mW"
+    )
+    stats = gpumem.parse_tegrastats(line)
+    assert stats == {"ram_used_mb": 3162, "ram_total_mb": 7620, "swap_used_mb": 0, "swap_total_mb": 3810,
+                     "gr3d_freq_pct": 1}  # fmt: skip
     with pytest.raises(ValueError, match="not a tegrastats line"):
         gpumem.parse_tegrastats("CPU [1%@729] GR3D_FREQ 0%")
 
@@ -123,11 +129,26 @@ def test_nvmap_clients_per_process(tmp_path: Path) -> None:
     assert gpumem.gpu_memory_used_mib(4242, root=_fake_jetson(tmp_path / "k")) is None  # debugfs needs root
 
 
+def test_nvmap_total_and_the_fallback_where_meminfo_has_no_nvmap_field(tmp_path: Path) -> None:
+    assert gpumem.parse_nvmap_total(NVMAP_CLIENTS) == pytest.approx(301.0)  # the table's own total line
+    rows_only = "\n".join(line for line in NVMAP_CLIENTS.splitlines() if not line.startswith("total"))
+    assert gpumem.parse_nvmap_total(rows_only) == pytest.approx(301.0)  # else the sum of the client rows
+    assert gpumem.parse_nvmap_total("CLIENT PROCESS PID SIZE\n") is None
+    root = _fake_jetson(tmp_path / "j", clients=True)
+    meminfo = root / "proc" / "meminfo"
+    meminfo.write_text("".join(line + "\n" for line in MEMINFO.splitlines() if not line.startswith("NvMap")))
+    assert gpumem.unified_memory_used_mib(root) == pytest.approx(301.0)
+    assert gpumem.system_gpu_used_mib(root) == pytest.approx(301.0)
+    assert gpumem.unified_memory_used_mib(_fake_jetson(tmp_path / "k")) == pytest.approx(589.75)
+
+
 def test_gpu_memory_used_is_none_here() -> None:
     if gpumem._load_nvml() is not None or gpumem.is_jetson():
         pytest.skip("this machine has an NVIDIA driver")
     assert gpumem.gpu_memory_used_mib() is None
     assert gpumem.nvml_memory_used_mib(1) is None
+    # Per process means per process: no device-wide total stands in for it; that one has its own name.
+    assert gpumem.nvml_device_used_mib() is None and gpumem.system_gpu_used_mib() is None
     assert gpumem.unified_memory_used_mib() is None
 
 

@@ -1,0 +1,303 @@
+"""The shelf scene: planogram slots, per-slot state with hysteresis, facings and share-of-shelf.
+
+A shelf camera does not move, so its regions are fixed: each slot of the planogram (``[[scene.shelf.slots]]``:
+id, box, expected SKU, facings) is split into ``facings`` equal columns, and every column (a *facing*) is one
+region the head recognises each processed frame. Each facing is observed as
+
+- **empty** when the emptiness test says so (shelf_empty.py: every block of the facing shows no edges for its
+  brightness, or matches a photo of the empty shelf where the back is patterned). The head's verdict is not
+  used for this: an empty facing and a product the catalogue lacks can both come out ``unknown``, and the OOD
+  score's scale is the bundle's, while a profile threshold must hold across builds;
+- **misplaced** when the head names a different SKU with confidence (route ``accept``, or ``verify`` too with
+  ``misplaced_route = "verify"``);
+- **present** otherwise: something is there and it is not confidently something else (the expected SKU, or a
+  product the head is unsure about or does not know).
+
+A facing changes state only after the new observation has held for ``hold_frames`` processed frames in a row
+and ``hold_s`` seconds, so a hand reaching past, a shopper in front or a flicker does not flap it. A slot is
+misplaced when any of its facings is, empty when all are, present otherwise (``unknown`` until every facing has
+a state). Each change of a slot's state (or of the SKU found in a misplaced slot) is one ``SlotChange``: the
+``slot_changed`` event, stamped with the frame that confirmed it. ``state()`` is the body of the retained
+``edge.shelf/1`` message: per slot its state, the SKU seen, since when and how many facings are filled;
+filled facings per SKU; and share-of-shelf per SKU and per group, by count of facings and by their area in
+pixels (a present facing counts for the planogram's SKU, a misplaced one for the SKU the head named).
+
+Per-frame cost without inference: one resize to a small grey image, two Sobel passes and integral images,
+then O(1) per block of each facing (``benchmarks/scene_shelf.py`` reports it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import InputError, ProfileError
+from edge_runtime.profile.shelf import ShelfConfig
+from edge_runtime.run.scene.shelf_empty import EmptinessTest
+from edge_runtime.types import Decision, Region, SkuInfo
+
+__all__ = ["SLOT_STATES", "ShelfScene", "SlotChange", "facing_boxes"]
+
+SlotState = Literal["present", "empty", "misplaced", "unknown"]
+SLOT_STATES: tuple[SlotState, ...] = ("present", "empty", "misplaced", "unknown")
+_PROFILE_HINT = "fix [scene.shelf] in the device profile and rebuild the bundle"
+
+
+@dataclass(frozen=True)
+class SlotChange:
+    """One ``slot_changed`` event."""
+
+    slot_id: str
+    previous: str  # "unknown" before a slot's first state
+    state: str  # present | empty | misplaced
+    expected_sku: str
+    sku: str | None  # the SKU seen (the misplaced one, or the expected one when present and recognised)
+    route: str | None  # the head's route for the facing that decided; None for empty
+    score: float | None
+    ts: float  # capture time of the frame that confirmed the change
+    frame_id: int
+
+
+@dataclass
+class _Facing:
+    """One column of a slot and its hysteresis."""
+
+    slot: int
+    box: tuple[int, int, int, int]
+    state: SlotState = "unknown"
+    sku: str | None = None  # misplaced: the SKU seen; present: the head's SKU when not unknown
+    decision: Decision | None = None  # the latest decision that agreed with the stable state
+    candidate: tuple[str, str | None] | None = None  # (state, misplaced SKU) being held
+    candidate_frames: int = 0
+    candidate_since: float = 0.0
+    since: float = 0.0
+
+
+@dataclass
+class _Slot:
+    state: SlotState = "unknown"
+    sku: str | None = None
+    since: float = 0.0
+
+
+def facing_boxes(box: Sequence[int], facings: int) -> list[tuple[int, int, int, int]]:
+    """``box`` split into ``facings`` equal columns (the last takes the remainder)."""
+    x, y, w, h = (int(v) for v in box)
+    step = w // facings
+    return [(x + k * step, y, step if k < facings - 1 else w - step * (facings - 1), h) for k in range(facings)]
+
+
+def _read_reference(path: str, frame_size: tuple[int, int]) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(
+            f"scene.shelf.empty_reference {path}: not a readable image",
+            hint="photograph the empty shelf with this camera (PNG or JPEG) or unset empty_reference",
+        )
+    if (image.shape[1], image.shape[0]) != frame_size:
+        raise InputError(
+            f"scene.shelf.empty_reference {path} is {image.shape[1]}x{image.shape[0]},"
+            f" the camera captures {frame_size[0]}x{frame_size[1]}",
+            hint="take the reference with the camera at its capture size",
+        )
+    return image
+
+
+class ShelfScene:
+    """Slot states from each frame's decisions; pure logic (numpy and OpenCV), no I/O besides the reference."""
+
+    def __init__(self, config: ShelfConfig, skus: Sequence[SkuInfo], frame_size: tuple[int, int]) -> None:
+        self.config = config
+        self._skus = {s.code: s for s in skus}
+        problems = [
+            f"slot {s.id!r} expects SKU {s.sku!r}, which the bundle does not know"
+            for s in config.slots
+            if s.sku not in self._skus
+        ]
+        problems += config.boxes_outside(*frame_size)
+        if problems:
+            raise ProfileError(
+                f"the shelf planogram does not fit the bundle and camera ({len(problems)} problems)",
+                problems=problems,
+                hint=f"{_PROFILE_HINT}; SKU codes are the bundle's labels.json codes",
+            )
+        self._facings = [
+            _Facing(slot=i, box=b) for i, s in enumerate(config.slots) for b in facing_boxes(s.box, s.facings)
+        ]
+        self._slots = [_Slot() for _ in config.slots]
+        reference = _read_reference(config.empty_reference, frame_size) if config.empty_reference else None
+        self.emptiness = EmptinessTest(
+            [f.box for f in self._facings], frame_size, config.empty_texture_max, config.empty_match_min, reference
+        )
+        self._confident = {"accept"} if config.misplaced_route == "accept" else {"accept", "verify"}
+        self._regions = [Region(box=f.box) for f in self._facings]
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # the last frame's block measurements
+
+    def regions(self) -> list[Region]:
+        """One region per facing, slot by slot in planogram order; fixed for the run."""
+        return list(self._regions)
+
+    def facing_slots(self) -> list[str]:
+        """The slot id of each region of ``regions()``."""
+        return [self.config.slots[f.slot].id for f in self._facings]
+
+    def update(self, frame_id: int, ts: float, frame: np.ndarray, decisions: Sequence[Decision]) -> list[SlotChange]:
+        """Observe one processed frame; ``decisions[i]`` is the head's decision for ``regions()[i]``."""
+        if len(decisions) != len(self._facings):
+            raise ValueError(f"{len(decisions)} decisions for the shelf's {len(self._facings)} regions")
+        texture, match, grad = self.emptiness.measure(frame)
+        empty = self.emptiness.empty(texture, match)
+        self._last = (texture, match)
+        for facing, is_empty, decision in zip(self._facings, empty, decisions, strict=True):
+            self._observe(facing, self._classify(facing, is_empty, decision), decision, ts)
+        self.emptiness.refresh(grad, [f.state == "empty" and e for f, e in zip(self._facings, empty, strict=True)])
+        return self._slot_changes(frame_id, ts)
+
+    def _classify(self, facing: _Facing, is_empty: bool, decision: Decision) -> tuple[SlotState, str | None]:
+        if is_empty:
+            return "empty", None
+        expected = self.config.slots[facing.slot].sku
+        if decision.sku is not None and decision.sku != expected and decision.route in self._confident:
+            return "misplaced", decision.sku
+        return "present", None
+
+    def _observe(self, facing: _Facing, seen: tuple[SlotState, str | None], decision: Decision, ts: float) -> None:
+        if seen == (facing.state, facing.sku if facing.state == "misplaced" else None):
+            facing.candidate, facing.candidate_frames = None, 0
+            facing.decision = decision
+            if facing.state == "present":
+                facing.sku = decision.sku if decision.route != "unknown" else None
+            return
+        if seen != facing.candidate:
+            facing.candidate, facing.candidate_frames, facing.candidate_since = seen, 0, ts
+        facing.candidate_frames += 1
+        if facing.candidate_frames >= self.config.hold_frames and ts - facing.candidate_since >= self.config.hold_s:
+            facing.state, facing.since, facing.decision = seen[0], facing.candidate_since, decision
+            facing.sku = seen[1] if seen[0] == "misplaced" else (decision.sku if decision.route != "unknown" else None)
+            if seen[0] == "empty":
+                facing.sku = None
+            facing.candidate, facing.candidate_frames = None, 0
+
+    def _slot_state(self, members: list[_Facing]) -> tuple[SlotState, _Facing]:
+        for f in members:
+            if f.state == "misplaced":
+                return "misplaced", f
+        if any(f.state == "unknown" for f in members):
+            return "unknown", members[0]
+        if all(f.state == "empty" for f in members):
+            return "empty", members[0]
+        return "present", next(f for f in members if f.state == "present")
+
+    def _members(self) -> list[list[_Facing]]:
+        members: list[list[_Facing]] = [[] for _ in self._slots]
+        for f in self._facings:
+            members[f.slot].append(f)
+        return members
+
+    def _slot_changes(self, frame_id: int, ts: float) -> list[SlotChange]:
+        changes = []
+        for i, members in enumerate(self._members()):
+            slot, spec = self._slots[i], self.config.slots[i]
+            state, deciding = self._slot_state(members)
+            sku = deciding.sku if state in ("misplaced", "present") else None
+            if state == slot.state and (state != "misplaced" or sku == slot.sku):
+                slot.sku = sku
+                continue
+            previous = slot.state
+            slot.state, slot.sku = state, sku
+            slot.since = max(f.since for f in members) if state != "misplaced" else deciding.since
+            if state == "unknown":
+                continue
+            d = deciding.decision if state != "empty" else None
+            changes.append(
+                SlotChange(
+                    slot_id=spec.id,
+                    previous=previous,
+                    state=state,
+                    expected_sku=spec.sku,
+                    sku=sku,
+                    route=d.route if d is not None else None,
+                    score=round(float(d.score), 4) if d is not None and math.isfinite(d.score) else None,
+                    ts=ts,
+                    frame_id=frame_id,
+                )
+            )
+        return changes
+
+    def emptiness_cues(self) -> tuple[list[float], list[float | None]]:
+        """Per facing, in ``regions()`` order, what the last frame's emptiness test read: its largest block
+        texture and its smallest block match with the empty shelf (None without a reference)."""
+        if self._last is None:
+            return [], []
+        return self.emptiness.facing_scores(*self._last)
+
+    def facing_states(self) -> list[tuple[str, str | None]]:
+        """(state, SKU) of every facing, in ``regions()`` order."""
+        return [(f.state, f.sku) for f in self._facings]
+
+    def slot_states(self) -> dict[str, str]:
+        """Slot id -> its current state."""
+        return {spec.id: slot.state for spec, slot in zip(self.config.slots, self._slots, strict=True)}
+
+    def slot_counts(self) -> dict[str, int]:
+        """Slots per state (every state named, zeros included), for metrics and the heartbeat."""
+        counts: dict[str, int] = dict.fromkeys(SLOT_STATES, 0)
+        for slot in self._slots:
+            counts[slot.state] += 1
+        return counts
+
+    def state(self) -> dict[str, Any]:
+        """The body of the retained ``edge.shelf/1`` message (the caller adds schema, device and time)."""
+        slots = []
+        facings: dict[str, int] = {}
+        area: dict[str, int] = {}
+        for i, members in enumerate(self._members()):
+            spec, slot = self.config.slots[i], self._slots[i]
+            filled = 0
+            for f in members:
+                if f.state not in ("present", "misplaced"):
+                    continue
+                code = f.sku if f.state == "misplaced" and f.sku else spec.sku
+                facings[code] = facings.get(code, 0) + 1
+                area[code] = area.get(code, 0) + f.box[2] * f.box[3]
+                filled += f.state == "present"
+            slots.append(
+                {
+                    "id": spec.id,
+                    "expected_sku": spec.sku,
+                    "state": slot.state,
+                    "sku": slot.sku,
+                    "since": round(slot.since, 3),
+                    "facings": {"filled": filled, "planned": spec.facings},
+                }
+            )
+        groups_count: dict[str, int] = {}
+        groups_area: dict[str, int] = {}
+        for code, n in facings.items():
+            group = self._skus[code].group if code in self._skus else ""
+            groups_count[group] = groups_count.get(group, 0) + n
+            groups_area[group] = groups_area.get(group, 0) + area[code]
+        return {
+            "slots": slots,
+            "counts": self.slot_counts(),
+            "facings": dict(sorted(facings.items())),
+            "share": {
+                "sku": _shares(facings, area),
+                "group": _shares(groups_count, groups_area),
+            },
+        }
+
+
+def _shares(count: dict[str, int], area: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per key its share of all filled facings, by count and by area (empty shelf: nothing)."""
+    total_n, total_a = sum(count.values()), sum(area.values())
+    return {
+        key: {"count": round(count[key] / total_n, 4), "area": round(area[key] / total_a, 4)}
+        for key in sorted(count)
+        if total_n and total_a
+    }

@@ -146,17 +146,23 @@ class Collector:
             if item is None:
                 return
             topic, payload, mid, qos = item
-            try:
-                self.handle(topic, payload)
-            except SQLAlchemyError as exc:
-                # The database is down or full: do not ack, the broker redelivers after our reconnect.
-                self.metrics.store_events.labels("store_error").inc()
-                log.error("cannot store a message from %s: %s; it stays with the broker", topic, exc)
-                time.sleep(1.0)
-                continue
-            except Exception:
-                log.exception("collector error on a message from %s", topic)
-                self.metrics.rejected.labels("invalid_value").inc()
+            delay = 1.0
+            while True:
+                try:
+                    self.handle(topic, payload)
+                except SQLAlchemyError as exc:
+                    # The database is down or its disk full: keep the message unacknowledged and retry. Meanwhile
+                    # the queue fills, paho's thread blocks on it and the broker holds the rest: nothing is lost.
+                    self.metrics.store_events.labels("store_error").inc()
+                    log.error("cannot store a message from %s (%s); retrying in %.0f s", topic, exc, delay)
+                    if self._stopping.wait(delay):
+                        return  # unacknowledged: the broker redelivers it to the next collector
+                    delay = min(delay * 2, 30.0)
+                    continue
+                except Exception:
+                    log.exception("collector error on a message from %s", topic)
+                    self.metrics.rejected.labels("invalid_value").inc()
+                break
             if qos > 0:
                 self._client.ack(mid, qos)
             self.processed += 1

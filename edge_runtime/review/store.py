@@ -200,9 +200,12 @@ class ReviewStore:
                 self._count(conn, "disk_full")
             log.error("%s: event stored without its crop (fix: free space or lower --quota-mib)", exc)
             return None
-        with self.engine.begin() as conn:
-            if not conn.execute(sa.select(t.crops.c.sha).where(t.crops.c.sha == sha)).first():
-                conn.execute(sa.insert(t.crops).values(sha=sha, bytes=len(jpeg), created=float(self._clock())))
+        try:
+            with self.engine.begin() as conn:
+                if not conn.execute(sa.select(t.crops.c.sha).where(t.crops.c.sha == sha)).first():
+                    conn.execute(sa.insert(t.crops).values(sha=sha, bytes=len(jpeg), created=float(self._clock())))
+        except IntegrityError:
+            pass  # another collector recorded the same crop (same bytes, same file) first
         return sha
 
     def _make_room(self, conn: Connection, size: int) -> bool:

@@ -144,3 +144,13 @@ def test_stats_command_prints_json(store: ReviewStore, tmp_path: Path, capsys: p
     report = json.loads(capsys.readouterr().out)
     assert report["events"] == 1 and report["pending"] == 1 and report["devices"]["d1"]["unknown"] == 1
     assert review_main(["-q", "stats", "--db", "mysql://x/y"]) == 2
+
+
+def test_serve_refuses_bad_setup_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["-q", "serve", "--data", str(tmp_path / "data"), "--port", "0"]
+    assert review_main([*base, "--db", f"sqlite:///{tmp_path / 'r.db'}", "--reviewers", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the reviewers file" in err[0] and "edge-review passwd" in err[0]
+    add_reviewer(tmp_path / "reviewers", "ann", "long enough secret")
+    assert review_main([*base, "--db", "oracle://x", "--reviewers", str(tmp_path / "reviewers")]) == 2
+    assert "unsupported database" in capsys.readouterr().err

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,13 +57,21 @@ from edge_runtime.types import MessageKind, OutMessage
 if TYPE_CHECKING:
     from edge_runtime.profile import DeviceProfile
 
-__all__ = ["URGENT_KINDS", "MqttPublisher"]
+__all__ = ["DRAIN_RETRY_S", "RECONNECT_MAX_S", "RECONNECT_MIN_S", "URGENT_KINDS", "MqttPublisher"]
 
 logger = logging.getLogger(__name__)
 
 # Sent ahead of older crops while the uplink cap holds messages back.
 URGENT_KINDS: Final[tuple[MessageKind, ...]] = ("status", "result", "heartbeat")
+# paho doubles the wait after each failed connection attempt, from the minimum up to the maximum. A device talks
+# to a broker on its own LAN: 5 s at most puts it back within seconds of a broker restart, and even a hundred
+# devices retrying every 5 s are 20 connection attempts a second, nothing for a broker that is up again.
+RECONNECT_MIN_S: Final = 1.0
+RECONNECT_MAX_S: Final = 5.0
+# While edge-run drains (the run is over, only the outbox is left), a lost connection is retried this often.
+DRAIN_RETRY_S: Final = 0.5
 _EXPIRE_EVERY_S: Final = 60.0
+_ACK_SYNC_S: Final = 0.5  # idle time after which the sender deletes acknowledged rows itself
 
 
 class MqttPublisher(BrokerSession):
@@ -92,8 +100,8 @@ class MqttPublisher(BrokerSession):
         tls_key_file: str | None = None,
         credentials_file: str | None = None,
         max_inflight: int = 64,
-        reconnect_min_s: float = 1.0,
-        reconnect_max_s: float = 30.0,
+        reconnect_min_s: float = RECONNECT_MIN_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
         status_fields: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         uplink_bytes_per_s: int | None = None,
@@ -124,6 +132,7 @@ class MqttPublisher(BrokerSession):
         self._clock = clock
         self._status_fields = dict(status_fields or {})
         self.client_id = client_id or f"{prefix}-{device_id}"
+        self._topics: dict[str, str] = {}  # name -> full topic, built once per name
         self._uplink = Uplink(uplink_bytes_per_s, uplink_burst_bytes)  # guarded by self._lock
 
         self._lock = threading.Lock()
@@ -140,6 +149,9 @@ class MqttPublisher(BrokerSession):
         self._feedback_mid: int | None = None
         self._feedback_cb: Callable[[bytes], None] | None = None
         self._connect_fail_logged = float("-inf")
+        self._flush_waiters = 0
+        self._prompt_retry = False  # retry_promptly() was called
+        self._restarting = False  # retry_promptly() is restarting paho's network thread: publish nothing
         self._connect_fails = 0
 
         self.connects = 0
@@ -226,34 +238,51 @@ class MqttPublisher(BrokerSession):
         defaults from the topic name (results -> result, unknown/verify -> crop, ...). False means it
         was dropped (counted by the outbox or in ``send_rejected``); it never raises for bad data.
         """
-        kind = kind or TOPICS.get(name)
-        if kind is None:
-            raise ValueError(f"no default kind for topic {name!r}; pass kind=")
-        body = dict(payload)
-        msg_id = body.get("id")
-        if not isinstance(msg_id, str) or not msg_id:
-            msg_id = uuid.uuid4().hex
-            body["id"] = msg_id
-        try:
-            data = encode_json(body)
-        except (TypeError, ValueError) as exc:
-            with self._lock:
-                self.send_rejected += 1
-            logger.warning("not sending %s message %s: payload is not valid JSON (%s)", name, msg_id, exc)
-            return False
-        msg = OutMessage(
-            id=msg_id, topic=self.topic(name), payload=data, kind=kind, created=self._clock(), retain=retain
-        )
-        return self.send_message(msg)
+        msg = self._message(name, payload, kind, retain)
+        return msg is not None and self.send_message(msg)
+
+    def send_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[bool]:
+        """``send`` for several ``(name, payload)`` messages (a frame's results and crops): stored in one outbox
+        transaction, so one fsync makes them all durable. Per message, what ``send`` would return."""
+        built = [self._message(name, payload, None, False) for name, payload in messages]
+        ready = [m for m in built if m is not None]
+        stored = iter(self._store(ready))
+        return [m is not None and next(stored) for m in built]
 
     def send_message(self, msg: OutMessage) -> bool:
         """Store a ready-made message in the outbox and wake the sender."""
-        stored = self._outbox.put(msg)
-        if stored:
+        return self._store([msg])[0]
+
+    def _store(self, msgs: list[OutMessage]) -> list[bool]:
+        if not msgs:
+            return []
+        stored = self._outbox.put_many(msgs)
+        if any(stored):
             with self._cond:
                 self._more_pending = True
                 self._cond.notify_all()
         return stored
+
+    def _message(
+        self, name: str, payload: Mapping[str, Any], kind: MessageKind | None, retain: bool
+    ) -> OutMessage | None:
+        """The outbox message for ``payload`` on ``topic(name)``; None (counted, logged) when it is not JSON."""
+        kind = kind or TOPICS.get(name)
+        if kind is None:
+            raise ValueError(f"no default kind for topic {name!r}; pass kind=")
+        topic = self._topics.get(name) or self._topics.setdefault(name, self.topic(name))
+        msg_id = payload.get("id")
+        if not isinstance(msg_id, str) or not msg_id:
+            msg_id = uuid.uuid4().hex
+            payload = {**payload, "id": msg_id}
+        try:
+            data = encode_json(payload)
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self.send_rejected += 1
+            logger.warning("not sending %s message %s: payload is not valid JSON (%s)", name, msg_id, exc)
+            return None
+        return OutMessage(id=msg_id, topic=topic, payload=data, kind=kind, created=self._clock(), retain=retain)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -343,13 +372,46 @@ class MqttPublisher(BrokerSession):
         """Wait until the outbox is empty and nothing is in flight; False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while True:
-                if not self._inflight and self._outbox.depth == 0:
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.25))
+            self._flush_waiters += 1  # acks wake us only while someone waits here
+            try:
+                while True:
+                    if not self._inflight and self._outbox.depth == 0:
+                        return True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 0.25))
+            finally:
+                self._flush_waiters -= 1
+
+    def retry_promptly(self, every_s: float = DRAIN_RETRY_S) -> None:
+        """From now on, retry a lost connection every ``every_s`` instead of after paho's doubling backoff.
+
+        For the drain at shutdown: a broker that comes back within the drain timeout must find us at once, not
+        after a wait that doubled through the outage. paho's network thread sleeps towards a target fixed when
+        its wait began, so when the connection is down now the thread is restarted (it then retries within
+        ``every_s``); a connection that is up keeps going, and its next loss is retried every ``every_s``.
+        """
+        with self._lock:
+            if not self._started or self._closed or self._fatal_error is not None or self._prompt_retry:
+                return
+            self._prompt_retry = True
+            connected = self._connected
+            # Should the connection come back meanwhile, nothing new goes out: stopping paho's loop waits for
+            # what is in flight on an open socket.
+            self._restarting = not connected
+        # paho annotates the delays as int, but it sleeps on them as given.
+        self._client.reconnect_delay_set(min_delay=every_s, max_delay=every_s)  # type: ignore[arg-type]
+        if connected:
+            return
+        logger.info("MQTT: draining; retrying the broker connection every %g s", every_s)
+        try:
+            self._client.loop_stop()  # within a second: paho's wait sleeps in steps of at most 1 s
+            self._client.loop_start()
+        finally:
+            with self._cond:
+                self._restarting = False
+                self._cond.notify_all()
 
     def close(self, publish_offline: bool = True, timeout_s: float = 2.0) -> None:
         """Publish the retained offline status (when connected), disconnect and stop the threads.
@@ -409,17 +471,26 @@ class MqttPublisher(BrokerSession):
         # may evict them meanwhile, and a message counted as dropped would then still be sent).
         throttled = False
         while True:
+            idle = False
             with self._cond:
                 while not self._stopping and not self._can_send():
                     wait = next_expire - time.monotonic()
                     if wait <= 0:
                         break
-                    self._cond.wait(min(wait, 5.0))
+                    # Acked rows are deleted by the next put; when none comes (the source ended, a quiet
+                    # camera), delete them after a moment without work, so a crash resends none of them.
+                    if not self._outbox.acks_pending:
+                        self._cond.wait(min(wait, 5.0))
+                    elif not self._cond.wait(min(wait, _ACK_SYNC_S)):
+                        idle = True
+                        break
                 if self._stopping:
                     return
                 room = self._max_inflight - len(self._inflight) if self._can_send() else 0
                 if room:
                     self._more_pending = False
+            if idle:
+                self._outbox.sync_acks()
             if time.monotonic() >= next_expire:
                 next_expire = time.monotonic() + _EXPIRE_EVERY_S
                 try:
@@ -461,7 +532,9 @@ class MqttPublisher(BrokerSession):
                     self._more_pending = True
 
     def _can_send(self) -> bool:
-        return self._connected and self._more_pending and len(self._inflight) < self._max_inflight
+        return (
+            self._connected and self._more_pending and not self._restarting and len(self._inflight) < self._max_inflight
+        )
 
     def _await_uplink(self, msg: OutMessage, *, block: bool) -> tuple[bool, bool]:
         """(admitted, waited): whether the uplink budget lets ``msg`` go now, and whether it had to wait for it.
@@ -516,5 +589,7 @@ class MqttPublisher(BrokerSession):
         with self._lock:
             self.published += 1
             self._uplink.spend(cost)
-        self._register(info.mid, msg.id)
+            already = self._inflight.register(info.mid, msg.id)
+        if already:  # its PUBACK overtook the registration (see run.mqtt_inflight)
+            self._complete(msg.id, None)
         return True

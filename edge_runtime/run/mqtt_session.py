@@ -66,6 +66,8 @@ class BrokerSession:
     _feedback_cb: Callable[[bytes], None] | None
     _connect_fail_logged: float
     _connect_fails: int
+    _max_inflight: int
+    _flush_waiters: int
 
     def topic(self, name: str) -> str:
         """``{prefix}/{device_id}/{name}``, e.g. topic('results')."""
@@ -90,9 +92,13 @@ class BrokerSession:
             logger.error("MQTT: broker refused message %s (%s); dropped", msg_id, failure)
             self._outbox.drop(msg_id, DROP_REJECTED)
         with self._cond:
+            was_full = len(self._inflight) >= self._max_inflight
             self._inflight.discard(msg_id)
             self.acked += 1
-            self._cond.notify_all()
+            # Wake the sender only when it waits for room in the window, flush() only when it waits: a wake-up
+            # per PUBACK costs both threads a GIL hand-over for nothing.
+            if was_full or (self._flush_waiters and not self._inflight):
+                self._cond.notify_all()
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 

@@ -368,8 +368,11 @@ def _drain_publisher(
     publisher: Publisher, beat: Heartbeat, hurry: threading.Event, deadline: float, heartbeat_s: float
 ) -> tuple[bool, int]:
     """Wait until the broker has acknowledged every stored message, ``deadline`` passes or ``hurry`` is set;
-    (drained, messages left in the outbox)."""
+    (drained, messages left in the outbox). A lost connection is retried every moment meanwhile, not after the
+    backoff that doubled through an outage: a broker back within the drain timeout gets the outbox."""
     drained = False
+    if not hurry.is_set():
+        publisher.retry_promptly()
     while not hurry.is_set():
         if publisher.flush(min(POLL_S, max(0.0, deadline - time.monotonic()))):
             drained = True

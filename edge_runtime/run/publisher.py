@@ -9,7 +9,7 @@ still costs what building the bytes costs, then drops them; nothing needs a brok
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +67,11 @@ class Publisher(Protocol):
         dropped (and counted); never raises for bad data."""
         ...
 
+    def send_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[bool]:
+        """``send`` for several ``(name, payload)`` messages with their topics' default kinds, stored together
+        (one outbox transaction for a frame's results and crops); per message, what ``send`` would return."""
+        ...
+
     def on_feedback(self, callback: Callable[[bytes], None]) -> None:
         """Call ``callback(payload)`` for each message on the device's feedback topic."""
         ...
@@ -85,6 +90,10 @@ class Publisher(Protocol):
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every stored message is acknowledged; False on timeout."""
+        ...
+
+    def retry_promptly(self) -> None:
+        """From now on, retry a lost broker connection at once and often (the drain at shutdown)."""
         ...
 
     def close(self, publish_offline: bool = True, timeout_s: float = 2.0) -> None:
@@ -121,6 +130,10 @@ class NullPublisher:
         self.sent += 1
         return True
 
+    def send_many(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[bool]:
+        """``send`` for each message."""
+        return [self.send(name, payload) for name, payload in messages]
+
     def on_feedback(self, callback: Callable[[bytes], None]) -> None:
         """No feedback ever arrives."""
 
@@ -137,6 +150,9 @@ class NullPublisher:
     def flush(self, timeout_s: float) -> bool:
         """Nothing is ever pending."""
         return True
+
+    def retry_promptly(self) -> None:
+        """No connection to retry."""
 
     def close(self, publish_offline: bool = True, timeout_s: float = 2.0) -> None:
         """Nothing to stop."""

@@ -191,6 +191,7 @@ class Stages:
         # Folders are stills, not a stream: every image counts. Videos are sampled on their own clock
         # (index / fps), so a file read faster than real time is sampled as the camera would have been.
         self.video_clock = isinstance(source, VideoFileSource)
+        self._clock_t0 = time.time()
         self.counts = Counts()
         self.lock = threading.Lock()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -463,9 +464,9 @@ class Stages:
             self._publish_frame(item)
         if self.scene is not None:
             t0 = time.perf_counter()
-            self.scene.on_frame(
-                item.frame_id, item.ts, item.regions, item.decisions, item.features, item.views, item.image
-            )
+            # A file's scene runs on the file's clock (settle and idle times are video time), stamped from the start.
+            ts = self._clock_t0 + item.frame_id / self.fps if self.video_clock else item.ts
+            self.scene.on_frame(item.frame_id, ts, item.regions, item.decisions, item.features, item.views, item.image)
             self._observe(item.spent, "scene", time.perf_counter() - t0)
         latency = max(0.0, time.time() - item.ts)
         self.metrics.frame_latency.observe(latency)
@@ -519,10 +520,13 @@ class Stages:
 
         # Remembered before the send: a reviewer can only answer after the broker has the message.
         self.feedback.remember_frame(results["id"], tuple(top1(d) for d in item.decisions))
-        self.send("results", results)
-        for topic, message, predicted in objects:
+        for _, message, predicted in objects:
             self.feedback.remember_object(message["id"], predicted)
-            self.send(topic, message)
+        # One outbox transaction (one fsync) for the frame's messages, not one per message.
+        batch: list[tuple[str, Mapping[str, Any]]] = [("results", results)]
+        batch += [(topic, message) for topic, message, _ in objects]
+        for (topic, _), stored in zip(batch, self.publisher.send_many(batch), strict=True):
+            self._count_sent(topic, stored)
         self._observe(item.spent, "publish", time.perf_counter() - t1)
 
     def send(
@@ -530,11 +534,14 @@ class Stages:
     ) -> bool:
         """Hand a message to the publisher and count it by topic when it was stored."""
         stored = self.publisher.send(topic, payload, kind, retain=retain)
+        self._count_sent(topic, stored)
+        return stored
+
+    def _count_sent(self, topic: str, stored: bool) -> None:
         if stored:
             self.metrics.messages.labels(topic=topic).inc()
             with self.lock:
                 self.counts.messages[topic] += 1
-        return stored
 
     # ---- reporting
 

@@ -289,3 +289,62 @@ def test_next_batch_can_ask_for_some_kinds_only(db: Path) -> None:
             assert box.put(OutMessage(id=f"m{i}", topic="t", payload=b"x", kind=kind, created=time.time()))
         assert [m.id for m in box.next_batch(10, kinds=("result", "heartbeat"))] == ["m1", "m3"]
         assert [m.id for m in box.next_batch(10)] == ["m0", "m1", "m2", "m3"]
+
+
+def _rows(db: Path) -> list[str]:
+    """The ids physically in the file, read through a connection of its own (what a restart would find)."""
+    conn = sqlite3.connect(str(db))
+    try:
+        return [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_put_many_is_one_transaction_with_put_semantics(db: Path) -> None:
+    # A frame's results and crops go in together: one commit (one fsync), each message what put() would say.
+    cap = 4 * UNIT
+    with Outbox(db, max_bytes=cap, ttl_s=3600) as box:
+        assert box.put_many([msg(0, "crop"), msg(1), msg(2, "crop")]) == [True, True, True]
+        assert _rows(db) == ["c0000", "r0001", "c0002"]  # committed: another connection sees them
+        big = OutMessage(id="r9999", topic=TOPIC, payload=b"x" * (cap + 1), kind="result", created=0.0)
+        # Over the cap a later message evicts the oldest crop, a duplicate id is stored once, an oversize one is
+        # refused, and the rest of the batch still goes in.
+        assert box.put_many([msg(3), msg(4), msg(1), big]) == [True, True, True, False]
+        assert _rows(db) == ["r0001", "c0002", "r0003", "r0004"]
+        stats = box.stats()
+        assert (stats.depth, stats.bytes) == (4, cap)
+        assert stats.drops == {(DROP_FULL, "crop"): 1, (DROP_OVERSIZE, "result"): 1}
+        assert box.put_many([]) == []
+
+
+def test_acks_hide_at_once_and_delete_with_the_next_write(db: Path) -> None:
+    with Outbox(db, max_bytes=1 << 20, ttl_s=3600) as box:
+        box.put_many([msg(i) for i in range(4)])
+        box.mark_inflight(["r0000", "r0001"])
+        box.ack("r0000")
+        box.ack("r0001")
+        # Gone for everyone asking the outbox, still in the file until a write deletes them.
+        assert (box.depth, box.stats().bytes, box.stats().inflight, box.acks_pending) == (2, 2 * UNIT, 0, 2)
+        assert [m.id for m in box.next_batch(10)] == ["r0002", "r0003"]
+        assert _rows(db) == ["r0000", "r0001", "r0002", "r0003"]
+        assert box.put(msg(4))  # the put's transaction deletes them
+        assert _rows(db) == ["r0002", "r0003", "r0004"] and box.acks_pending == 0
+        box.ack("r0002")
+        box.sync_acks()  # the publisher's idle path: a transaction of its own
+        assert _rows(db) == ["r0003", "r0004"]
+        assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the next put
+        box.ack("r0003")
+    assert _rows(db) == ["r0004"]  # close() deletes what is pending
+    with Outbox(db, max_bytes=1 << 20, ttl_s=3600) as box:
+        assert [m.id for m in box.next_batch(10)] == ["r0004"]
+
+
+def test_acked_messages_are_not_counted_as_ttl_drops(db: Path) -> None:
+    clock = FakeClock(1000.0)
+    with Outbox(db, max_bytes=1 << 20, ttl_s=100, clock=clock) as box:
+        box.put_many([msg(0, created=900.0), msg(1, created=900.0)])
+        box.ack("r0000")
+        clock.now = 1101.0
+        assert box.expire() == 1
+        assert box.stats().drops == {(DROP_TTL, "result"): 1}
+        assert (box.depth, box.acks_pending, _rows(db)) == (0, 0, [])

@@ -4,9 +4,14 @@ Every outgoing MQTT message is stored here before it is published. A message lea
 broker acknowledged it (``ack``), when the byte cap forces it out, or when it outlives the TTL. Either way the
 drop is counted by reason and kind and logged, never silent (``policy``).
 
-Durability: ``put`` returns True only after the row is fsynced (``synchronous=FULL``), so an acknowledged put
-survives a power cut. Deletes (acks) are not fsynced on their own: losing one to a power cut resends a message
-the broker already has, which consumers drop by id.
+Durability: ``put`` returns True only after the row is fsynced (``synchronous=FULL`` in WAL mode: the commit
+returns after the WAL is on disk), so an acknowledged put survives a power cut. ``put_many`` stores several
+messages (a frame's results and crops) in one transaction: one fsync for all of them, each of them durable
+before it is handed to MQTT. Deletes (acks) need no fsync of their own: losing one to a power cut resends a
+message the broker already has, which consumers drop by id. So an ack only hides the message and frees its
+bytes in memory; the rows are deleted in the next put's transaction (riding on its fsync), or in one
+transaction without fsync when ``ACK_BATCH`` acks are pending or the publisher is idle (``sync_acks``), and at
+``close``. A crash before that resends those messages once.
 
 In flight: which messages await a PUBACK is held in memory only, never written: after a restart every stored
 message is pending again and is resent (at-least-once), and marking costs no disk write (flash wear, latency).
@@ -21,10 +26,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edge_runtime.run.outbox.database import OUTBOX_FILENAME, is_disk_error, open_database
 from edge_runtime.run.outbox.policy import (
@@ -48,6 +53,10 @@ if TYPE_CHECKING:
     from edge_runtime.profile import DeviceProfile
 
 logger = logging.getLogger(__name__)
+
+# Acks held in memory before their rows are deleted in a transaction of their own. A frame's put deletes the
+# pending ones anyway; this bounds how many a crash could resend when no put comes (a drain).
+ACK_BATCH: Final = 256
 
 
 class Outbox:
@@ -82,8 +91,9 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._inflight: set[str] = set()
-        # Acked, but the DELETE failed (disk full): hidden from next_batch, deleted on a later write.
-        self._acked_unsaved: set[str] = set()
+        # Acknowledged, row not deleted yet (see the module docstring; also when the DELETE failed on a full
+        # disk): hidden from next_batch, not counted in depth and bytes, deleted by a later write.
+        self._acked: set[str] = set()
         self._drops = DropBook(self._path)
         self._write_failing = False
         self._write_failures = 0
@@ -132,49 +142,79 @@ class Outbox:
         heartbeats, then results; status never). False when the message itself is dropped: it cannot
         fit, the outbox is closed, or the disk is full. Never raises for a full disk.
         """
-        if msg.kind not in RANK:
-            raise ValueError(f"unknown message kind {msg.kind!r}; expected one of {', '.join(KINDS)}")
-        size = message_size(msg)
+        return self.put_many([msg])[0]
+
+    def put_many(self, msgs: Sequence[OutMessage]) -> list[bool]:
+        """Store ``msgs`` durably in one transaction (one fsync); per message, what ``put`` would return.
+
+        Later messages of the batch may evict earlier ones under the byte cap, exactly as separate puts would.
+        A failed transaction (disk full) drops the whole batch, each message counted.
+        """
+        for msg in msgs:
+            if msg.kind not in RANK:
+                raise ValueError(f"unknown message kind {msg.kind!r}; expected one of {', '.join(KINDS)}")
         with self._lock:
             if self._closed:
-                self._drops.count(DROP_CLOSED, msg.kind, f"{msg.id} arrived after close()")
-                return False
-            if size > self._max_bytes:
-                self._drops.count(DROP_OVERSIZE, msg.kind, f"{msg.id} is {size} bytes, the cap is {self._max_bytes}")
-                return False
+                for msg in msgs:
+                    self._drops.count(DROP_CLOSED, msg.kind, f"{msg.id} arrived after close()")
+                return [False] * len(msgs)
+            stored = [False] * len(msgs)
+            pending = [i for i, msg in enumerate(msgs) if self._fits(msg)]
+            if not pending:
+                return stored
             conn = self._conn
-            victims: list[tuple[str, str, int]] = []
+            acked = list(self._acked)
+            depth, nbytes = self._depth, self._bytes
+            evicted: list[tuple[str, str]] = []  # (kind, for kind) of the messages evicted
+            no_room: list[tuple[str, str]] = []  # (kind, detail) of the messages refused under the cap
             try:
-                self._delete_acked_unsaved()
                 conn.execute("BEGIN IMMEDIATE")
-                if conn.execute("SELECT 1 FROM messages WHERE id = ?", (msg.id,)).fetchone():
-                    conn.execute("COMMIT")
-                    return True
-                need = self._bytes + size - self._max_bytes
-                if need > 0:
-                    found = choose_victims(need, RANK[msg.kind], self._oldest_of_kind, self._inflight)
-                    if found is None:
-                        conn.execute("ROLLBACK")
-                        self._drops.count(DROP_FULL, msg.kind, f"no room for {msg.id} ({size} bytes)")
-                        return False
-                    victims = found
-                    conn.executemany("DELETE FROM messages WHERE id = ?", [(v[0],) for v in victims])
-                conn.execute(
-                    "INSERT INTO messages (id, topic, payload, kind, created, retain, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (msg.id, msg.topic, msg.payload, msg.kind, float(msg.created), int(msg.retain), size),
-                )
+                if acked:
+                    conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in acked])
+                for i in pending:
+                    msg = msgs[i]
+                    size = message_size(msg)
+                    need = nbytes + size - self._max_bytes
+                    victims: list[tuple[str, str, int]] = []
+                    if need > 0 and not conn.execute("SELECT 1 FROM messages WHERE id = ?", (msg.id,)).fetchone():
+                        found = choose_victims(need, RANK[msg.kind], self._oldest_of_kind, self._inflight)
+                        if found is None:
+                            no_room.append((msg.kind, f"no room for {msg.id} ({size} bytes)"))
+                            continue
+                        victims = found
+                        conn.executemany("DELETE FROM messages WHERE id = ?", [(v[0],) for v in victims])
+                    # OR IGNORE: an id already stored (a resend of the same message) is stored once.
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO messages (id, topic, payload, kind, created, retain, size)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (msg.id, msg.topic, msg.payload, msg.kind, float(msg.created), int(msg.retain), size),
+                    )
+                    stored[i] = True
+                    if cur.rowcount:
+                        depth += 1 - len(victims)
+                        nbytes += size - sum(v[2] for v in victims)
+                        evicted.extend((v[1], msg.kind) for v in victims)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                self._write_failed(exc, msg.kind, msg.id)
-                return False
-            self._depth += 1 - len(victims)
-            self._bytes += size - sum(v[2] for v in victims)
-            for _, kind, _ in victims:
-                self._drops.count(DROP_FULL, kind, f"evicted to make room for a {msg.kind}")
+                for i in pending:
+                    self._write_failed(exc, msgs[i].kind, msgs[i].id)
+                return [False] * len(msgs)
+            self._acked.difference_update(acked)
+            self._depth, self._bytes = depth, nbytes
+            for kind, detail in no_room:
+                self._drops.count(DROP_FULL, kind, detail)
+            for kind, for_kind in evicted:
+                self._drops.count(DROP_FULL, kind, f"evicted to make room for a {for_kind}")
             self._write_ok()
-            return True
+            return stored
+
+    def _fits(self, msg: OutMessage) -> bool:
+        size = message_size(msg)
+        if size > self._max_bytes:
+            self._drops.count(DROP_OVERSIZE, msg.kind, f"{msg.id} is {size} bytes, the cap is {self._max_bytes}")
+            return False
+        return True
 
     def _oldest_of_kind(self, kind: str) -> Iterable[tuple[str, int]]:
         # A cursor, iterated lazily: usually a few rows free enough and the rest is never read.
@@ -210,32 +250,34 @@ class Outbox:
             logger.warning("outbox %s: writes work again after %d failed writes", self._path, self._write_failures)
             self._write_failures = 0
 
-    def _delete_acked_unsaved(self) -> None:
-        if not self._acked_unsaved:
-            return
-        ids = list(self._acked_unsaved)
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            freed = self._delete_ids(ids)
-            self._conn.execute("COMMIT")
-        except sqlite3.Error:
-            self._rollback()
-            raise
-        self._acked_unsaved.difference_update(ids)
-        self._depth -= len(freed)
-        self._bytes -= sum(s for _, s in freed)
+    def sync_acks(self) -> None:
+        """Delete the rows of acknowledged messages now, in one transaction without an fsync of its own (see the
+        module docstring). On failure they stay hidden and pending deletion. Never raises for SQLite errors."""
+        with self._lock:
+            if self._closed or not self._acked:
+                return
+            ids = list(self._acked)
+            conn = self._conn
+            try:
+                # A delete lost to a power cut only resends messages the broker already has (consumers dedupe
+                # by id), so it need not wait for an fsync; the next put's fsync covers it.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._drops.log("ack_error", f"cannot delete acked messages from {self._path}: {exc}")
+                return
+            finally:
+                self._full_sync()  # after the rollback: SQLite refuses to change it inside a transaction
+            self._acked.difference_update(ids)
 
-    def _delete_ids(self, ids: Iterable[str]) -> list[tuple[str, int]]:
-        """Delete inside the caller's transaction; returns (kind, size) of the rows that existed."""
-        # SELECT then DELETE rather than DELETE ... RETURNING: RETURNING needs SQLite >= 3.35, and
-        # JetPack 5 (Ubuntu 20.04) ships 3.31.
-        freed: list[tuple[str, int]] = []
-        for msg_id in ids:
-            row = self._conn.execute("SELECT kind, size FROM messages WHERE id = ?", (msg_id,)).fetchone()
-            if row is not None:
-                self._conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-                freed.append((row[0], row[1]))
-        return freed
+    @property
+    def acks_pending(self) -> int:
+        """Acknowledged messages whose rows are not deleted yet."""
+        with self._lock:
+            return len(self._acked)
 
     # ------------------------------------------------------------------ the publisher's side
 
@@ -246,24 +288,33 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return []
-            skip = self._inflight | self._acked_unsaved
+            skip = self._inflight | self._acked
             wanted = tuple(kinds) if kinds is not None else KINDS
             marks = ",".join("?" * len(wanted))
             try:
-                rows = self._conn.execute(
-                    "SELECT id, topic, payload, kind, created, retain FROM messages "
-                    f"WHERE kind IN ({marks}) ORDER BY seq LIMIT ?",
+                # Ids first: messages in flight or acknowledged are skipped without reading their payloads (a
+                # row's id is in its first page; a crop's JPEG is in overflow pages only read when asked for).
+                ids = self._conn.execute(
+                    f"SELECT seq, id FROM messages WHERE kind IN ({marks}) ORDER BY seq LIMIT ?",
                     (*wanted, limit + len(skip)),
                 ).fetchall()
+                seqs = [seq for seq, msg_id in ids if msg_id not in skip][:limit]
+                rows = (
+                    self._conn.execute(
+                        "SELECT id, topic, payload, kind, created, retain FROM messages "
+                        f"WHERE seq IN ({','.join('?' * len(seqs))}) ORDER BY seq",
+                        seqs,
+                    ).fetchall()
+                    if seqs
+                    else []
+                )
             except sqlite3.Error as exc:
                 self._drops.log("read_error", f"cannot read {self._path}: {exc}")
                 return []
-        out = [
+        return [
             OutMessage(id=r[0], topic=r[1], payload=bytes(r[2]), kind=r[3], created=r[4], retain=bool(r[5]))
             for r in rows
-            if r[0] not in skip
         ]
-        return out[:limit]
 
     def mark_inflight(self, ids: Iterable[str]) -> None:
         """Hide ``ids`` from next_batch until ack() or release(): they await a PUBACK."""
@@ -285,38 +336,46 @@ class Outbox:
             return len(self._inflight)
 
     def ack(self, msg_id: str) -> None:
-        """The broker has the message: delete it. Never raises for SQLite errors (it runs in paho's thread)."""
-        self._remove(msg_id, None)
+        """The broker has the message: it leaves the outbox (its row is deleted by a later write, see the module
+        docstring). Never raises for SQLite errors (it runs in paho's thread)."""
+        with self._lock:
+            self._inflight.discard(msg_id)
+            if self._closed or msg_id in self._acked:
+                return
+            try:
+                row = self._conn.execute("SELECT size FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            except sqlite3.Error as exc:
+                self._drops.log("ack_error", f"cannot read acked message {msg_id} from {self._path}: {exc}")
+                return
+            if row is None:  # a duplicate PUBACK, or the message was evicted or expired meanwhile
+                return
+            self._acked.add(msg_id)
+            self._depth -= 1
+            self._bytes -= row[0]
+            full = len(self._acked) >= ACK_BATCH
+        if full:
+            self.sync_acks()
 
     def drop(self, msg_id: str, reason: str = DROP_REJECTED) -> None:
         """Delete a message that will never be delivered and count it as a drop for ``reason``."""
-        self._remove(msg_id, reason)
-
-    def _remove(self, msg_id: str, reason: str | None) -> None:
         with self._lock:
             self._inflight.discard(msg_id)
-            if self._closed:
+            if self._closed or msg_id in self._acked:
                 return
             conn = self._conn
             try:
-                # A delete lost to a power cut only resends a message the broker already has (consumers
-                # dedupe by id), so it need not wait for an fsync; the next put's fsync covers it.
-                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
-                freed = self._delete_ids([msg_id])
+                row = conn.execute("SELECT kind, size FROM messages WHERE id = ?", (msg_id,)).fetchone()
+                conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                self._acked_unsaved.add(msg_id)
-                self._drops.log("ack_error", f"cannot delete acked message from {self._path}: {exc}")
+                self._drops.log("drop_error", f"cannot delete message {msg_id} from {self._path}: {exc}")
                 return
-            finally:
-                self._full_sync()  # after the rollback: SQLite refuses to change it inside a transaction
-            for kind, size in freed:
+            if row is not None:
                 self._depth -= 1
-                self._bytes -= size
-                if reason is not None:
-                    self._drops.count(reason, kind, msg_id)
+                self._bytes -= row[1]
+                self._drops.count(reason, row[0], msg_id)
 
     def _full_sync(self) -> None:
         try:
@@ -341,13 +400,17 @@ class Outbox:
                 self._rollback()
                 self._drops.log("expire_error", f"cannot expire messages in {self._path}: {exc}")
                 return 0
+            expired = 0
             for msg_id, kind, size in rows:
                 self._inflight.discard(msg_id)
-                self._acked_unsaved.discard(msg_id)
+                if msg_id in self._acked:  # delivered: no longer counted, not a loss
+                    self._acked.discard(msg_id)
+                    continue
+                expired += 1
                 self._depth -= 1
                 self._bytes -= size
                 self._drops.count(DROP_TTL, kind, f"older than {self._ttl_s:.0f} s")
-            return len(rows)
+            return expired
 
     # ------------------------------------------------------------------ reporting
 
@@ -368,6 +431,7 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return
+            self.sync_acks()
             self._closed = True
             try:
                 self._conn.close()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import onnx
@@ -218,6 +218,8 @@ class _FakeDevice:
         self.mem: dict[int, bytearray] = {}
         self.freed: list[int] = []
         self.streams = 0
+        self.host: list[np.ndarray] = []  # page-locked host buffers handed out and not yet freed
+        self.syncs = 0
 
     @contextlib.contextmanager
     def current(self):
@@ -249,8 +251,16 @@ class _FakeDevice:
     def dtoh(self, host: np.ndarray, src: int, stream: str) -> None:
         host.reshape(-1).view(np.uint8)[:] = np.frombuffer(bytes(self.mem[src][: host.nbytes]), np.uint8)
 
+    def host_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        array = np.full(shape, np.nan, dtype)  # stale contents, as a reused pinned buffer has
+        self.host.append(array)
+        return array
+
+    def host_free(self, array: np.ndarray) -> None:
+        self.host = [a for a in self.host if a is not array]
+
     def synchronize(self, stream: str) -> None:
-        pass
+        self.syncs += 1
 
     def destroy(self, stream: str) -> None:
         self.streams -= 1
@@ -342,15 +352,72 @@ def test_tensorrt_backend_buffers_and_batches(tiny_model_path: Path, monkeypatch
     assert len(device.mem) == 3  # every I/O tensor has a device buffer, sized for the largest batch
     reference = create_backend("onnxruntime-cpu", tiny_model_path, threads=1)
     x = np.random.default_rng(4).uniform(0, 255, (6, 3, 64, 64)).astype(np.float32)
+    assert len(device.host) == 2  # pinned input and embedding buffers, allocated once
     for n in (1, 3, 4, 6):  # 6 > max_batch: split; 1 and 3 on a fixed batch of 4: padded
+        before = device.syncs
         np.testing.assert_allclose(backend.embed(x[:n]), reference.embed(x[:n]), rtol=1e-5, atol=1e-5)
+        assert device.syncs - before == (n + 3) // 4  # one wait per engine call: copies and run share the stream
+    first = backend.embed(x[:1])
+    backend.embed(x[1:2])
+    np.testing.assert_allclose(first, reference.embed(x[:1]), rtol=1e-5, atol=1e-5)  # not the reused buffer
     with pytest.raises(ValueError, match="batch"):
         backend.embed(np.zeros((2, 3, 32, 32), np.float32))
     backend.close()
-    assert not device.mem and len(device.freed) == 3 and device.streams == 0
+    assert not device.mem and len(device.freed) == 3 and device.streams == 0 and not device.host
     backend.close()  # idempotent
     with pytest.raises(UsageError, match="closed"):
         backend.embed(x[:1])
+
+
+class _FakeCudart:
+    """cuda-python's runtime module as it behaves on a driver older than the bindings: every call fails."""
+
+    cudaError_t = SimpleNamespace(cudaSuccess=0)
+
+    def cudaSetDevice(self, device: int) -> tuple[int]:
+        return (35,)
+
+    def cudaGetErrorName(self, err: int) -> tuple[int, bytes]:
+        return (0, b"cudaErrorInsufficientDriver")
+
+
+class _FakePycudaDriver:
+    """pycuda.driver on a device without a GPU here: the binding imports, the device opens or refuses."""
+
+    class Error(Exception):
+        pass
+
+    def __init__(self, works: bool) -> None:
+        self.works = works
+
+    def init(self) -> None:
+        if not self.works:
+            raise self.Error("cuInit failed: no CUDA-capable device is detected")
+
+    def Device(self, index: int) -> SimpleNamespace:
+        return SimpleNamespace(retain_primary_context=lambda: object())
+
+
+def test_pycuda_is_tried_when_cuda_python_cannot_talk_to_the_driver(monkeypatch) -> None:
+    from edge_runtime.backends.tensorrt import cuda as trt_cuda
+
+    monkeypatch.setattr(trt_cuda, "_import_cudart", lambda: _FakeCudart())
+    pycuda = ModuleType("pycuda")
+    for works in (True, False):
+        drv = _FakePycudaDriver(works)
+        monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+        pycuda.driver = drv  # type: ignore[attr-defined]
+        if works:
+            assert trt_cuda.open_cuda(0).kind == "pycuda"
+        else:  # both reasons in one line: the driver's answer to cuda-python and pycuda's own
+            with pytest.raises(trt_cuda.CudaError, match=r"cudaErrorInsufficientDriver.*pycuda: pycuda cannot open"):
+                trt_cuda.open_cuda(0)
+    monkeypatch.setitem(sys.modules, "pycuda", None)  # not installed: the driver's answer and the fix
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    with pytest.raises(trt_cuda.CudaError, match="pycuda is not installed") as info:
+        trt_cuda.open_cuda(0)
+    assert "cuda-python 12" in (info.value.hint or "")
 
 
 def test_tensorrt_backend_needs_the_named_output(tiny_model_path: Path, monkeypatch) -> None:

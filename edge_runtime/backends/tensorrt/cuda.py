@@ -1,13 +1,20 @@
 """CUDA device buffers and a stream for the TensorRT backend, through cuda-python or pycuda (imported lazily).
 
 cuda-python (NVIDIA's runtime bindings, in ``edge_runtime[tensorrt]``) is preferred; pycuda works instead where
-the device image provides it. Both classes offer the same small interface (``CudaBinding``): device info,
-malloc/free, a stream, host<->device copies and synchronisation, every failure raised as CudaError.
+the device image provides it, and also where cuda-python is installed but cannot talk to the driver (a
+cuda-python built for a newer CUDA than the JetPack's driver fails at its first call, not at import). Both
+classes offer the same small interface (``CudaBinding``): device info, device malloc/free, page-locked host
+buffers, a stream, asynchronous host<->device copies and synchronisation, every failure raised as CudaError.
+
+Host buffers are page-locked (pinned) because a copy from pageable memory is staged through a driver buffer
+and is synchronous with respect to the host: with pinned buffers, copy in, inference and copy out are queued on
+one stream and the host waits once per call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -77,6 +84,17 @@ class CudaPython:
     def free(self, ptr: int) -> None:
         self._call("cudaFree", ptr)
 
+    def host_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A page-locked host array (cudaMallocHost), freed with ``host_free``."""
+        count = max(1, int(np.prod(shape)))
+        nbytes = count * np.dtype(dtype).itemsize
+        ptr = int(self._call("cudaMallocHost", nbytes))
+        raw = memoryview((ctypes.c_ubyte * nbytes).from_address(ptr)).cast("B")
+        return np.frombuffer(raw, dtype=np.dtype(dtype), count=count).reshape(shape)
+
+    def host_free(self, array: np.ndarray) -> None:
+        self._call("cudaFreeHost", array.ctypes.data)
+
     def stream(self) -> Any:
         return self._call("cudaStreamCreate")
 
@@ -99,11 +117,7 @@ class CudaPython:
 
 
 class PyCuda:
-    """The same buffer path with pycuda (driver API, the device's primary context, shared with TensorRT).
-
-    Copies are synchronous here (pycuda's async copies want page-locked host memory); the engine still runs on
-    its own stream, which is synchronised before the result is copied back.
-    """
+    """The same buffer path with pycuda (driver API, the device's primary context, shared with TensorRT)."""
 
     kind = "pycuda"
 
@@ -146,6 +160,15 @@ class PyCuda:
         if alloc is not None:
             self._guard("free", alloc.free)
 
+    def host_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        array: np.ndarray = self._guard("pagelocked_empty", self.drv.pagelocked_empty, shape, dtype)
+        return array
+
+    def host_free(self, array: np.ndarray) -> None:
+        base = getattr(array, "base", None)
+        if base is not None and hasattr(base, "free"):
+            self._guard("free host", base.free)
+
     def stream(self) -> Any:
         return self._guard("Stream", self.drv.Stream)
 
@@ -153,10 +176,10 @@ class PyCuda:
         return int(stream.handle)
 
     def htod(self, dst: int, host: np.ndarray, stream: Any) -> None:
-        self._guard("memcpy_htod", self.drv.memcpy_htod, dst, host)
+        self._guard("memcpy_htod_async", self.drv.memcpy_htod_async, dst, host, stream)
 
     def dtoh(self, host: np.ndarray, src: int, stream: Any) -> None:
-        self._guard("memcpy_dtoh", self.drv.memcpy_dtoh, host, src)
+        self._guard("memcpy_dtoh_async", self.drv.memcpy_dtoh_async, host, src, stream)
 
     def synchronize(self, stream: Any) -> None:
         self._guard("stream synchronize", stream.synchronize)
@@ -169,14 +192,31 @@ CudaBinding = CudaPython | PyCuda
 
 
 def open_cuda(device_id: int = 0) -> CudaBinding:
-    """cuda-python when installed, else pycuda; UsageError naming both when neither is."""
+    """cuda-python when installed and the driver accepts it, else pycuda; UsageError naming both when neither is
+    installed, CudaError with each one's reason when neither can open the device."""
+    failures: list[str] = []
     cudart = _import_cudart()
     if cudart is not None:
-        return CudaPython(cudart, device_id)
+        try:
+            return CudaPython(cudart, device_id)
+        except Exception as exc:  # a driver older than the bindings, no device: pycuda may still work
+            failures.append(f"cuda-python: {exc}")
     try:
         import pycuda.driver as drv
     except ImportError:
+        if failures:
+            raise CudaError(
+                f"CUDA device {device_id} cannot be opened ({failures[0]}; pycuda is not installed)",
+                hint="install the cuda-python release that matches the driver's CUDA (JetPack 6: cuda-python 12.x)",
+            ) from None
         raise UsageError(
             "the tensorrt backend needs cuda-python or pycuda and neither is installed", hint=CUDA_BINDING_HINT
         ) from None
-    return PyCuda(drv, device_id)
+    try:
+        return PyCuda(drv, device_id)
+    except Exception as exc:
+        failures.append(f"pycuda: {exc}")
+    raise CudaError(
+        f"CUDA device {device_id} cannot be opened: {'; '.join(failures)}",
+        hint="check the GPU and its driver (nvidia-smi or tegrastats) and that the CUDA bindings match the driver",
+    )

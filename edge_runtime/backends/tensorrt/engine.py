@@ -266,6 +266,8 @@ class TensorRTBackend:
     ) -> None:
         self._ptrs: dict[str, int] = {}
         self._stream: Any = None
+        self._host_in: np.ndarray | None = None
+        self._host_out: np.ndarray | None = None
         self._context: Any = None
         self._engine: Any = None
         self._runtime: Any = None
@@ -324,6 +326,12 @@ class TensorRTBackend:
             self._ptrs[n] = self._cuda.malloc(max(1, int(np.prod(full))) * self._dtypes[n].itemsize)
             if not self._context.set_tensor_address(n, self._ptrs[n]):
                 raise CudaError(f"TensorRT refused the device address of tensor {n}")
+        # Page-locked host copies of the input and the embedding, for the largest batch: the copies are then
+        # asynchronous on the engine's stream, and each call waits once (cuda.py says why).
+        in_shape = tuple(int(d) for d in self._context.get_tensor_shape(self._input))
+        out_shape = tuple(int(d) for d in self._context.get_tensor_shape(self._output))
+        self._host_in = self._cuda.host_empty(in_shape, self._dtypes[self._input])
+        self._host_out = self._cuda.host_empty(out_shape, self._dtypes[self._output])
         self._stream = self._cuda.stream()
         log.info(
             "TensorRT %s engine %s ready: input %d px, batch 1..%d, %s bindings%s",
@@ -337,7 +345,7 @@ class TensorRTBackend:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Float32 [N,3,S,S] raw RGB in, float32 [N,D] embeddings out; batches above ``max_batch`` are split."""
-        if self._context is None:
+        if self._context is None or self._host_in is None or self._host_out is None:
             raise UsageError("the tensorrt backend is closed")
         x = np.ascontiguousarray(batch, dtype=self._dtypes[self._input])
         expected = (3, self.input_size, self.input_size)
@@ -347,23 +355,22 @@ class TensorRTBackend:
         if n > self.max_batch:
             parts = [self.embed(x[i : i + self.max_batch]) for i in range(0, n, self.max_batch)]
             return np.concatenate(parts)
-        run = x
-        if self._fixed_batch and n != self.max_batch:
-            run = np.zeros((self.max_batch, *x.shape[1:]), dtype=x.dtype)
-            run[:n] = x
+        rows = self.max_batch if self._fixed_batch else n  # a fixed-batch engine runs padded to its batch
+        host_in, host_out = self._host_in[:rows], self._host_out[:rows]  # leading rows: contiguous
+        host_in[:n] = x
+        if rows > n:
+            host_in[n:] = 0
         with self._cuda.current():
-            if not self._context.set_input_shape(self._input, run.shape):
-                raise ValueError(f"the TensorRT engine refuses input shape {run.shape}")
-            out = np.empty(
-                tuple(int(d) for d in self._context.get_tensor_shape(self._output)), self._dtypes[self._output]
-            )
-            self._cuda.htod(self._ptrs[self._input], run, self._stream)
+            if not self._context.set_input_shape(self._input, host_in.shape):
+                raise ValueError(f"the TensorRT engine refuses input shape {host_in.shape}")
+            # Copy in, infer, copy out: queued on one stream, one wait.
+            self._cuda.htod(self._ptrs[self._input], host_in, self._stream)
             if not self._context.execute_async_v3(self._cuda.stream_handle(self._stream)):
                 raise CudaError("TensorRT could not enqueue the inference")
+            self._cuda.dtoh(host_out, self._ptrs[self._output], self._stream)
             self._cuda.synchronize(self._stream)
-            self._cuda.dtoh(out, self._ptrs[self._output], self._stream)
-            self._cuda.synchronize(self._stream)
-        return np.asarray(out[:n], dtype=np.float32).reshape(n, -1)
+        # A copy: the pinned buffer is overwritten by the next call.
+        return np.array(host_out[:n], dtype=np.float32).reshape(n, -1)
 
     def close(self) -> None:
         """Free the device buffers and the stream, then the context, engine and runtime (idempotent)."""
@@ -382,6 +389,12 @@ class TensorRTBackend:
                 except Exception as exc:
                     log.warning("could not free the device buffer of %s: %s", name, exc)
             self._ptrs.clear()
+            for attr in ("_host_in", "_host_out"):
+                host = getattr(self, attr, None)
+                if host is not None:
+                    with contextlib.suppress(Exception):
+                        cuda.host_free(host)
+                    setattr(self, attr, None)
             if self._stream is not None:
                 with contextlib.suppress(Exception):
                     cuda.destroy(self._stream)

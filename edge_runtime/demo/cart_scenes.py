@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,14 @@ from edge_runtime.demo.packages import package_template
 from edge_runtime.demo.scene import composite, place
 from edge_runtime.demo.sku import DemoSku
 
-__all__ = ["CartScenario", "GroundTruthEvent", "cart_scenario", "grocery_appearances", "write_cart_video"]
+__all__ = [
+    "CartScenario",
+    "GroundTruthEvent",
+    "cart_scenario",
+    "grocery_appearances",
+    "write_cart_video",
+    "write_scenario_video",
+]
 
 SIZE = (640, 480)  # (width, height)
 FPS = 10
@@ -78,6 +85,16 @@ class CartScenario:
             "contents": self.contents,
             "features": self.features,
         }
+
+    def lying(self, i: int) -> int | None:
+        """Objects lying in the basket at frame ``i``; None while a hand or a moving object is in view."""
+        n = 0
+        for move in self._plan:
+            centre = move.centre(i, self.fps)
+            if move.hand_at(i, self.fps) is not None or (centre is not None and centre != move.rest):
+                return None
+            n += centre is not None
+        return n
 
     def frames(self) -> Iterator[np.ndarray]:
         """The BGR uint8 frames, in order (deterministic for the seed)."""
@@ -318,9 +335,14 @@ def _template(code: str, skus: list[DemoSku], grocery: dict[str, np.ndarray] | N
 
 
 def write_cart_video(out_path: Path, seed: int = 0, actions: int = 5, grocery: Path | None = None) -> Path:
-    """Write one scenario to a video (MJPG ``.avi``, which every OpenCV build reads back) and its ground truth
-    to ``<video>.truth.json``; returns the video's path."""
+    """Write one scenario (``cart_scenario``) to a video and its ground truth beside it; returns the video."""
     scenario = cart_scenario(seed, grocery_appearances(grocery) if grocery else None, actions=actions)
+    return write_scenario_video(scenario, out_path)
+
+
+def write_scenario_video(scenario: CartScenario, out_path: Path, frames: Iterable[np.ndarray] | None = None) -> Path:
+    """Write ``scenario`` (or its already rendered ``frames``) to a video (MJPG ``.avi``, which every OpenCV build
+    reads back) and its ground truth to ``<video>.truth.json``; returns the video's path."""
     final = Path(out_path).with_suffix(".avi")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp.avi")
@@ -328,7 +350,7 @@ def write_cart_video(out_path: Path, seed: int = 0, actions: int = 5, grocery: P
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write MJPG video to {tmp}")
     try:
-        for frame in scenario.frames():
+        for frame in frames if frames is not None else scenario.frames():
             writer.write(frame)
     finally:
         writer.release()

@@ -131,6 +131,8 @@ class Heartbeat:
                 "read_failures": source.read_failures,
             },
         )
+        if self.stages.scene is not None:  # cart: session, live tracks, items, events; shelf: slots per state
+            payload["scene"] = self.stages.scene.heartbeat()
         self.stages.send("heartbeat", payload)
         stalled = "" if self.health.frames_flowing() else f", camera stalled {self.health.last_frame_age_s():.0f} s"
         self.health.status(

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 ROUTES: tuple[str, ...] = ("accept", "verify", "unknown")
 # capture: source.read(); regions: region finder; preprocess: crops -> tensor; inference: the one backend call per
-# frame; head: prototypes, calibration, OOD, routing; encode: JSON + JPEG; publish: durable outbox write.
-STAGES: tuple[str, ...] = ("capture", "regions", "preprocess", "inference", "head", "encode", "publish")
+# frame; head: prototypes, calibration, OOD, routing; encode: JSON + JPEG; publish: durable outbox write; scene: the
+# cart or shelf logic after the head (run/scene/), its messages included.
+STAGES: tuple[str, ...] = ("capture", "regions", "preprocess", "inference", "head", "encode", "publish", "scene")
 OUTBOX_DROP_REASONS: tuple[str, ...] = ("full", "oversize", "ttl", "disk_full", "db_error", "rejected", "closed")
 MESSAGE_TOPICS: tuple[str, ...] = ("results", "unknown", "verify", "heartbeat")
 # Per-stage latencies run from sub-millisecond (head) to a second (a large model on a small CPU).

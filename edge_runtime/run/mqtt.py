@@ -148,6 +148,7 @@ class MqttPublisher(BrokerSession):
         self._closed = False
         self._feedback_mid: int | None = None
         self._feedback_cb: Callable[[bytes], None] | None = None
+        self._topic_cbs: dict[str, Callable[[bytes], None]] = {}
         self._connect_fail_logged = float("-inf")
         self._flush_waiters = 0
         self._prompt_retry = False  # retry_promptly() was called
@@ -367,6 +368,12 @@ class MqttPublisher(BrokerSession):
         """Call ``callback(payload)`` for each message on the feedback topic (in paho's network thread: keep it
         quick, and validate it: ``run.feedback.FeedbackInbox.receive`` does both)."""
         self._feedback_cb = callback
+
+    def on_topic(self, name: str, callback: Callable[[bytes], None]) -> None:
+        """Subscribe to ``topic(name)`` from the next connect on and call ``callback(payload)`` for each message
+        (a cart's session trigger); call before ``start()``. Same thread rules as ``on_feedback``."""
+        self.topic(name)  # refuses wildcards and slashes
+        self._topic_cbs[name] = callback
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty and nothing is in flight; False on timeout."""

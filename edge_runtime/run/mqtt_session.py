@@ -64,6 +64,7 @@ class BrokerSession:
     _stopping: bool
     _feedback_mid: int | None
     _feedback_cb: Callable[[bytes], None] | None
+    _topic_cbs: dict[str, Callable[[bytes], None]]  # more subscribed topic names (a cart's session trigger)
     _connect_fail_logged: float
     _connect_fails: int
     _max_inflight: int
@@ -174,6 +175,8 @@ class BrokerSession:
             # Lost the connection again already; on_disconnect follows. Do not leave waiters hanging.
             logger.warning("MQTT: could not subscribe to feedback: %s", mqtt.error_string(result))
             self._ready.set()
+        for name in list(self._topic_cbs):
+            self._client.subscribe(self.topic(name), qos=1)
         info = self._client.publish(self.topic("status"), self._status_payload("online"), qos=1, retain=True)
         self._register(info.mid, None)
 
@@ -267,5 +270,8 @@ class BrokerSession:
             callback = self._feedback_cb
             if message.topic == self.topic(FEEDBACK_TOPIC) and callback is not None:
                 callback(bytes(message.payload))
+            other = self._topic_cbs.get(message.topic.rsplit("/", 1)[-1])
+            if other is not None and message.topic == self.topic(message.topic.rsplit("/", 1)[-1]):
+                other(bytes(message.payload))
         except Exception:
             logger.exception("MQTT: error handling a message on %s", message.topic)

@@ -76,6 +76,10 @@ class Publisher(Protocol):
         """Call ``callback(payload)`` for each message on the device's feedback topic."""
         ...
 
+    def on_topic(self, name: str, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(payload)`` for each message on the device's topic ``name`` (subscribed at connect)."""
+        ...
+
     def start(self) -> None:
         """Start delivering in the background."""
         ...
@@ -136,6 +140,9 @@ class NullPublisher:
 
     def on_feedback(self, callback: Callable[[bytes], None]) -> None:
         """No feedback ever arrives."""
+
+    def on_topic(self, name: str, callback: Callable[[bytes], None]) -> None:
+        """Nothing ever arrives."""
 
     def start(self) -> None:
         """Nothing to start."""

@@ -14,10 +14,12 @@ region the head recognises each processed frame. Each facing is observed as
   product the head is unsure about or does not know).
 
 A facing changes state only after the new observation has held for ``hold_frames`` processed frames in a row
-and ``hold_s`` seconds, so a hand reaching past, a shopper in front or a flicker does not flap it. A slot is
-misplaced when any of its facings is, empty when all are, present otherwise (``unknown`` until every facing has
-a state). Each change of a slot's state (or of the SKU found in a misplaced slot) is one ``SlotChange``: the
-``slot_changed`` event, stamped with the frame that confirmed it. ``state()`` is the body of the retained
+and ``hold_s`` seconds, so a hand reaching past, a shopper in front or a flicker does not flap it (its first
+state is taken from the first frame: there is nothing yet to protect, and a wrong first look is corrected like
+any other change). A slot is misplaced when any of its facings is, empty when all are, present otherwise.
+Each change of a slot's state (or of the SKU found in a misplaced slot) is one ``SlotChange``, the
+``slot_changed`` event (``previous`` is ``"unknown"`` for the first), stamped with the frame that confirmed it
+(``state()``'s ``since`` is when the new state was first seen). ``state()`` is the body of the retained
 ``edge.shelf/1`` message: per slot its state, the SKU seen, since when and how many facings are filled;
 filled facings per SKU; and share-of-shelf per SKU and per group, by count of facings and by their area in
 pixels (a present facing counts for the planogram's SKU, a misplaced one for the SKU the head named).
@@ -176,10 +178,16 @@ class ShelfScene:
         if seen != facing.candidate:
             facing.candidate, facing.candidate_frames, facing.candidate_since = seen, 0, ts
         facing.candidate_frames += 1
-        if facing.candidate_frames >= self.config.hold_frames and ts - facing.candidate_since >= self.config.hold_s:
+        held = facing.candidate_frames >= self.config.hold_frames and ts - facing.candidate_since >= self.config.hold_s
+        # The first observation is taken at once: there is no state yet to protect from flapping, and a retained
+        # state from the first frame beats "unknown" for the hold; a wrong first look is corrected like any change.
+        if held or facing.state == "unknown":
             facing.state, facing.since, facing.decision = seen[0], facing.candidate_since, decision
-            facing.sku = seen[1] if seen[0] == "misplaced" else (decision.sku if decision.route != "unknown" else None)
-            if seen[0] == "empty":
+            if seen[0] == "misplaced":
+                facing.sku = seen[1]
+            elif seen[0] == "present" and decision.route != "unknown":
+                facing.sku = decision.sku
+            else:
                 facing.sku = None
             facing.candidate, facing.candidate_frames = None, 0
 

@@ -47,6 +47,14 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# The acceptance step for a new device image (README, "GPU paths"): on a machine with an NVIDIA GPU, installs
+# onnxruntime-gpu and the driver's cuda-python in a throwaway venv and prints one table (exit 2 without a GPU).
+# WHEELHOUSE=DIR installs from a folder of wheels, for a device without network. No `setup`: a device does not
+# need the packaging host's extras (torch); the system Python starts it.
+.PHONY: device-check
+device-check:
+	$(PYTHON) benchmarks/device_check.py $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+
 # docs/robustness.md: every bad-input case tried against the real tools, and what they did (needs mosquitto).
 .PHONY: docs
 docs: setup

@@ -101,7 +101,7 @@ def _decisions(
     rec: _Recogniser, sc: ShelfScenario, video: Path, images: list[np.ndarray], skus: list[Any]
 ) -> list[list[Decision]]:
     """The head's decisions for every facing of every frame, kept next to the video per bundle and video."""
-    key = f"{rec.bundle.bundle_id[:12]}-{sha256_file(video)[:12]}"
+    key = f"{rec.bundle.bundle_id.split(':')[-1][:12]}-{sha256_file(video)[:12]}"
     cached = video.with_name(f"{sc.name}.{key}.decisions.json")
     if cached.is_file():
         rows = json.loads(cached.read_text(encoding="utf-8"))
@@ -216,7 +216,11 @@ def _evaluate(bundle_dir: Path, out_dir: Path, seed: int, frames: int) -> dict[s
             images = _read_video(video)
             decisions = _decisions(rec, sc, video, images, skus)
             occluded = {i for first, last, _, _ in sc.hands for i in range(first, last + 1)}
-            variants = {"": _config(sc, video), " (verify misplaces)": _config(sc, video, misplaced_route="verify")}
+            variants = {
+                "": _config(sc, video),
+                " (misplaced: accept)": _config(sc, video, misplaced_route="accept"),
+                " (misplaced: verify)": _config(sc, video, misplaced_route="verify"),
+            }
             if sc.patterned:
                 variants[" (no reference)"] = _config(sc, video, reference=False)
             for suffix, config in variants.items():
@@ -296,7 +300,7 @@ def _print(report: dict[str, Any], label: str) -> None:
             + f"{r['event_precision']:>7.3f}/{r['event_recall']:<5.3f}  {r['events']}"
         )
     o = report["overall"]
-    print(f"{'overall (reference and accept rule)':<44}{o['slot_state_accuracy']:>7.4f}"
+    print(f"{'overall (defaults: group rule, reference)':<44}{o['slot_state_accuracy']:>7.4f}"
           + "".join(f"{o[f'{s}_precision']:>7.3f}/{o[f'{s}_recall']:<5.3f}" for s in STATES)
           + f"{o['event_precision']:>7.3f}/{o['event_recall']:<5.3f}  {o['events']}")  # fmt: skip
     print(

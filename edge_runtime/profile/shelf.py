@@ -86,11 +86,12 @@ class ShelfConfig(BaseModel):
         le=3600,
         description="Seconds a slot's new state must also hold before it changes (both hold_frames and hold_s).",
     )
-    misplaced_route: Literal["accept", "verify"] = Field(
-        default="accept",
+    misplaced_route: Literal["accept", "group", "verify"] = Field(
+        default="group",
         description=(
-            "Least confident route whose different SKU makes a slot misplaced; accept = only the bundle's"
-            " calibrated auto-accept. Less confident recognitions of a product leave the slot present."
+            "When another SKU makes a slot misplaced: accept = only the bundle's calibrated auto-accept; group ="
+            " also a verify-route SKU of another group than the expected one (siblings are what heads confuse);"
+            " verify = any accept or verify SKU. Less confident recognitions leave the slot present."
         ),
     )
     empty_reference: str | None = Field(

@@ -28,7 +28,7 @@ def test_defaults_and_a_minimal_planogram():
     assert (config.hold_frames, config.hold_s, config.misplaced_route, config.empty_reference) == (
         3,
         2.0,
-        "accept",
+        "group",
         None,
     )
     assert config.slots[0].facings == 1

@@ -8,8 +8,10 @@ region the head recognises each processed frame. Each facing is observed as
   brightness, or matches a photo of the empty shelf where the back is patterned). The head's verdict is not
   used for this: an empty facing and a product the catalogue lacks can both come out ``unknown``, and the OOD
   score's scale is the bundle's, while a profile threshold must hold across builds;
-- **misplaced** when the head names a different SKU with confidence (route ``accept``, or ``verify`` too with
-  ``misplaced_route = "verify"``);
+- **misplaced** when the head is confident the product is not the expected SKU (``misplaced_route``):
+  ``accept`` = an auto-accepted other SKU; ``group`` (default) = that, or a ``verify`` SKU of another group than
+  the expected one (sibling flavours are what a head confuses, a milk for crisps it rarely does); ``verify`` =
+  any accept or verify other SKU;
 - **present** otherwise: something is there and it is not confidently something else (the expected SKU, or a
   product the head is unsure about or does not know).
 
@@ -136,7 +138,7 @@ class ShelfScene:
         self.emptiness = EmptinessTest(
             [f.box for f in self._facings], frame_size, config.empty_texture_max, config.empty_match_min, reference
         )
-        self._confident = {"accept"} if config.misplaced_route == "accept" else {"accept", "verify"}
+        self._misplaced_route = config.misplaced_route
         self._regions = [Region(box=f.box) for f in self._facings]
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # the last frame's block measurements
 
@@ -164,7 +166,11 @@ class ShelfScene:
         if is_empty:
             return "empty", None
         expected = self.config.slots[facing.slot].sku
-        if decision.sku is not None and decision.sku != expected and decision.route in self._confident:
+        if decision.sku is None or decision.sku == expected or decision.route == "unknown":
+            return "present", None
+        if decision.route == "accept" or self._misplaced_route == "verify":
+            return "misplaced", decision.sku
+        if self._misplaced_route == "group" and decision.group != self._skus[expected].group:
             return "misplaced", decision.sku
         return "present", None
 

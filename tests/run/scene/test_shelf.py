@@ -60,8 +60,12 @@ def shelf_frame(
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+GROUP = {s.code: s.group for s in SKUS}
+
+
 def dec(sku: str | None, route: str = "verify", score: float = 0.8) -> Decision:
-    return Decision(sku=sku, name=sku, group=None, score=score, ood_score=0.5, route=route)  # type: ignore[arg-type]
+    group = GROUP[sku] if sku is not None else None
+    return Decision(sku=sku, name=sku, group=group, score=score, ood_score=0.5, route=route)  # type: ignore[arg-type]
 
 
 def config(**overrides: Any) -> ShelfConfig:
@@ -150,24 +154,31 @@ def test_a_narrow_product_in_a_wide_facing_fills_it():
 
 def test_misplaced_needs_a_confident_other_sku():
     wrong = shelf_frame([TEMPLATES[2], TEMPLATES[1], TEMPLATES[1]])
-    unsure = [dec("c", "verify", 0.7), dec("b"), dec("b")]
-    sure = [dec("c", "accept", 0.97), dec("b"), dec("b")]
-    scene = ShelfScene(config(), SKUS, SIZE)
-    settled(scene, wrong, unsure)
+    sibling = [dec("b", "verify", 0.9), dec("b"), dec("b")]  # b is in a's group: heads confuse siblings
+    other_group = [dec("c", "verify", 0.9), dec("b"), dec("b")]
+    sure = [dec("b", "accept", 0.97), dec("b"), dec("b")]
+    scene = ShelfScene(config(), SKUS, SIZE)  # misplaced_route = "group"
+    settled(scene, wrong, sibling)
     assert scene.slot_states()["s1"] == "present"
     changes = run(scene, [(wrong, sure)] * 3, start=3)
     (change,) = changes[2]
     assert (change.slot_id, change.previous, change.state, change.sku, change.route, change.score) == (
-        "s1", "present", "misplaced", "c", "accept", 0.97,
+        "s1", "present", "misplaced", "b", "accept", 0.97,
     )  # fmt: skip
-    # A different wrong SKU is a new change of the misplaced slot; putting the right one back ends it.
-    other = [dec("b", "accept", 0.96), dec("b"), dec("b")]
-    assert [c.sku for c in run(scene, [(wrong, other)] * 3, start=6)[2]] == ["b"]
+    # Another wrong SKU is a new change of the misplaced slot; putting the right one back ends it.
+    assert [(c.sku, c.route) for c in run(scene, [(wrong, other_group)] * 3, start=6)[2]] == [("c", "verify")]
     back = run(scene, [(shelf_frame(FULL), EXPECTED)] * 3, start=9)
     assert [(c.previous, c.state, c.sku) for c in back[2]] == [("misplaced", "present", "a")]
+    strict = ShelfScene(config(misplaced_route="accept"), SKUS, SIZE)
+    settled(strict, wrong, other_group)
+    assert strict.slot_states()["s1"] == "present"
     lenient = ShelfScene(config(misplaced_route="verify"), SKUS, SIZE)
-    settled(lenient, wrong, unsure)
+    settled(lenient, wrong, sibling)
     assert lenient.slot_states()["s1"] == "misplaced"
+    for rule in ("accept", "group", "verify"):  # an unknown route is never misplaced
+        unsure = ShelfScene(config(misplaced_route=rule), SKUS, SIZE)
+        settled(unsure, wrong, [dec(None, "unknown", 0.3), dec("b"), dec("b")])
+        assert unsure.slot_states()["s1"] == "present"
 
 
 def test_a_wide_slot_is_empty_only_when_every_facing_is_and_misplaced_when_one_is():

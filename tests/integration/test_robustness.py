@@ -223,6 +223,21 @@ def test_malformed_and_hostile_profiles(work: Path) -> None:
             "[security] require_signature = true",
             profile("sig.toml", base + "[security]\nrequire_signature = true\n"),
         ),
+        (
+            "shelf scene without slots",
+            '[scene] kind = "shelf"',
+            profile("shelf.toml", base + '[scene]\nkind = "shelf"\n'),
+        ),
+        (
+            "cart proposals from regions without a detector",
+            '[scene] kind = "cart", [scene.cart] proposals = "regions"',
+            profile("cart.toml", base + '[scene]\nkind = "cart"\n[scene.cart]\nproposals = "regions"\n'),
+        ),
+        (
+            "basket zone outside the camera",
+            "[scene.cart] basket = [600, 0, 100, 100] (640x480 camera)",
+            profile("basket.toml", base + '[scene]\nkind = "cart"\n[scene.cart]\nbasket = [600, 0, 100, 100]\n'),
+        ),
         ("profile file missing", "--profile missing.toml", str(d / "missing.toml")),
         ("unknown profile name", "--profile no-such-device", "no-such-device"),
     ]  # fmt: skip
@@ -237,6 +252,10 @@ def test_malformed_and_hostile_profiles(work: Path) -> None:
     assert "mqtt.port" in errors["wrong type"] and "memory_budget_mib" in errors["memory budget out of range"]
     assert "extends cycle" in errors["extends cycle"] and "notes.txt" in errors["extends a non-profile file"]
     assert "public_key_file" in errors["signature required without a key"]
+    assert 'scene: Value error, kind = "shelf" needs slots' not in errors["shelf scene without slots"]
+    assert 'scene: kind = "shelf" needs slots' in errors["shelf scene without slots"]
+    assert 'mode = "detector"' in errors["cart proposals from regions without a detector"]
+    assert "cart.basket [600, 0, 100, 100] does not fit camera 'demo'" in errors["basket zone outside the camera"]
     assert not (work / "never").exists()  # nothing was built from a bad profile
 
 

@@ -209,6 +209,95 @@ def test_an_api_a_newer_tensorrt_dropped_is_a_model_error_that_allows_fallback(
     trt_engine._trt_logger.cache_clear()
 
 
+def _recording_trt(version: str, strong: bool) -> tuple[type, dict[str, object]]:
+    """A TensorRT module stand-in that records how the engine build drives it (no TensorRT here)."""
+    seen: dict[str, object] = {"builder_flags": []}
+
+    class _Input:
+        name, shape = "image", (-1, 3, 64, 64)
+
+    class _Network:
+        num_inputs, num_layers = 1, 1
+
+        def get_input(self, i: int) -> _Input:
+            return _Input()
+
+        def get_layer(self, i: int) -> SimpleNamespace:
+            return SimpleNamespace(type="QUANTIZE")
+
+    class _Parser:
+        num_errors = 0
+
+        def __init__(self, network: object, logger: object) -> None:
+            pass
+
+        def parse_from_file(self, path: str) -> bool:
+            return True
+
+    class _Profile:
+        def set_shape(self, name: str, *shapes: tuple[int, ...]) -> None:
+            seen["profile"] = shapes
+
+    class _Config:
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            seen["workspace"] = size
+
+        def set_flag(self, flag: str) -> None:
+            seen["builder_flags"].append(flag)  # type: ignore[union-attr]
+
+        def add_optimization_profile(self, profile: object) -> None:
+            pass
+
+    class _Builder:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> _Network:
+            seen["network_flags"] = flags
+            return _Network()
+
+        def create_builder_config(self) -> _Config:
+            return _Config()
+
+        def create_optimization_profile(self) -> _Profile:
+            return _Profile()
+
+        def build_serialized_network(self, network: object, config: object) -> bytes:
+            return b"ENGINE:built"
+
+    creation = {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 1} if strong else {})}
+
+    class _Trt(_FakeTrt):
+        __version__ = version
+        Builder, OnnxParser = _Builder, _Parser
+        NetworkDefinitionCreationFlag = SimpleNamespace(**creation)
+        BuilderFlag = SimpleNamespace(INT8="INT8", FP16="FP16")
+        MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+        LayerType = SimpleNamespace(QUANTIZE="QUANTIZE", DEQUANTIZE="DEQUANTIZE")
+
+    return _Trt, seen
+
+
+@pytest.mark.parametrize(
+    ("version", "strong", "network_flags", "builder_flags"),
+    [
+        ("10.3.0", True, 1 << 1, []),  # strongly typed: the model's types decide, no precision flag
+        ("10.0.1", False, 0, ["INT8", "FP16"]),  # a 10.x without the flag: explicit batch only, precision flags
+        ("8.6.2", False, 1 << 0, ["INT8", "FP16"]),  # JetPack 5: EXPLICIT_BATCH, precision flags
+    ],
+)
+def test_networks_are_strongly_typed_where_tensorrt_can(
+    tiny_model_path: Path, version: str, strong: bool, network_flags: int, builder_flags: list[str]
+) -> None:
+    trt, seen = _recording_trt(version, strong)
+    trt_engine._trt_logger.cache_clear()
+    data, _ = trt_engine._build_serialized(trt, tiny_model_path, "int8", 256, 4, None)
+    trt_engine._trt_logger.cache_clear()
+    assert data == b"ENGINE:built" and trt_engine.strongly_typed(trt) is strong
+    assert seen["network_flags"] == network_flags and seen["builder_flags"] == builder_flags
+    assert seen["profile"] == ((1, 3, 64, 64), (1, 3, 64, 64), (4, 3, 64, 64))
+
+
 class _FakeDevice:
     """A numpy 'GPU' with the CUDA wrapper's interface: buffers are bytearrays keyed by fake addresses."""
 

@@ -83,6 +83,24 @@ def _tensorrt_errors(trt: Any, model_path: Path) -> Iterator[None]:
         ) from None
 
 
+def strongly_typed(trt: Any) -> bool:
+    """Whether this TensorRT builds strongly typed networks (10.x; 11 knows nothing else): every tensor keeps the
+    type the ONNX model gives it, so an fp16 bundle runs in fp16 and an int8 QDQ bundle in int8 where its Q/DQ
+    say, exactly the model edge-build measured and calibrated, and no precision flag is needed (TensorRT 11 has
+    none: BuilderFlag.FP16 and INT8 are gone)."""
+    major = int(str(trt.__version__).split(".")[0])
+    return major >= 10 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags: STRONGLY_TYPED where available; TensorRT 8.5/8.6 needs EXPLICIT_BATCH; a
+    TensorRT 10 without strong typing takes 0 (explicit batch is its only mode)."""
+    if strongly_typed(trt):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    major = int(str(trt.__version__).split(".")[0])
+    return 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+
+
 def _build_serialized(
     trt: Any,
     model_path: Path,
@@ -97,11 +115,8 @@ def _build_serialized(
         builder = trt.Builder(logger)
     except Exception as exc:  # pybind11 raises when createInferBuilder returns null (no usable GPU)
         raise CudaError(f"TensorRT could not create a builder ({exc})", hint="check the GPU and its driver") from None
-    major = int(str(trt.__version__).split(".")[0])
-    # TensorRT 10: explicit batch is the only mode (flag 0, and not STRONGLY_TYPED, so the precision flags
-    # below apply). TensorRT 8.5/8.6 (JetPack 5) still needs the EXPLICIT_BATCH flag.
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    strong = strongly_typed(trt)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -124,10 +139,11 @@ def _build_serialized(
             f"{model_path}: the bundle says int8 but the model has no Quantize/Dequantize nodes",
             hint="TensorRT builds int8 only from explicitly quantised (QDQ) models; rebuild the bundle",
         )
-    if qdq:
-        config.set_flag(trt.BuilderFlag.INT8)
-    if qdq or precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    if not strong:  # weakly typed (TensorRT 8.6, JetPack 5): the precision flags let TensorRT pick per layer
+        if qdq:
+            config.set_flag(trt.BuilderFlag.INT8)
+        if qdq or precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
     if shape[0] < 1:  # dynamic batch: one profile, N from 1 to max_batch, tuned for single crops
         profile = builder.create_optimization_profile()
         tail = shape[1:]
@@ -147,10 +163,11 @@ def _build_serialized(
             cache = None
 
     log.info(
-        "building TensorRT %s engine for %s (%s, int8=%s, workspace %d MiB, batch 1..%d)",
+        "building TensorRT %s engine for %s (%s, %s, int8=%s, workspace %d MiB, batch 1..%d)",
         trt.__version__,
         model_path.name,
         precision or "precision from the model",
+        "strongly typed" if strong else "precision flags",
         qdq,
         workspace_bytes(budget_mib) // MIB,
         max_batch,

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import edge_runtime
 from edge_runtime.backends import default_engine_dir
 from edge_runtime.errors import AuthError
 from edge_runtime.head.model import load_head
@@ -48,6 +49,7 @@ from edge_runtime.run.publisher import Publisher
 from edge_runtime.run.queues import FRAME_QUEUE, POLL_S, PUBLISH_QUEUE, TENSOR_QUEUE, StageQueue
 from edge_runtime.run.regions import make_region_finder
 from edge_runtime.run.sampler import AdaptiveSampler
+from edge_runtime.run.scene.messages import SESSION_TOPIC
 from edge_runtime.run.scene.stage import make_scene
 from edge_runtime.run.sources import ImageFolderSource, Source, redact_uri
 from edge_runtime.run.stages import FrameTiming, Stages
@@ -60,6 +62,7 @@ from edge_runtime.run.startup import (
     open_frames,
     open_metrics,
     open_publisher,
+    outbox_delivered_on_refusal,
     pick_camera,
     status_fields,
 )
@@ -187,12 +190,25 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         head = load_head(bundle)
         skus = [s.code for s in head.skus]
 
-        # 2. The backend, checked against the input size the bundle was built and calibrated for.
-        backend, input_size = open_checked_backend(bundle, profile, head, engine_dir, cleanup)
+        # 2-3. A backend or source that cannot be used ends the run (exit 2/3, which keeps the unit down); what an
+        #      earlier run left in the outbox is delivered first, within the drain timeout.
+        with outbox_delivered_on_refusal(
+            profile,
+            state_dir,
+            publish=options.publish,
+            timeout_s=options.drain_timeout_s,
+            host=options.mqtt_host,
+            port=options.mqtt_port,
+            device_id=device_id,
+            camera=camera,
+            status_fields={"bundle_id": bundle.bundle_id, "camera": camera.name, "version": edge_runtime.__version__},
+        ):
+            # 2. The backend, checked against the input size the bundle was built and calibrated for.
+            backend, input_size = open_checked_backend(bundle, profile, head, engine_dir, cleanup)
 
-        # 3. The source (lazy for cameras: the first read connects), sampler and region finder.
-        source, uri = open_frames(options.frames, options.source, camera, state_dir, options.fallback_source)
-        cleanup.callback(source.close)
+            # 3. The source (lazy for cameras: the first read connects), sampler and region finder.
+            source, uri = open_frames(options.frames, options.source, camera, state_dir, options.fallback_source)
+            cleanup.callback(source.close)
         sampling = not options.every_frame and not isinstance(source, ImageFolderSource)
         sampler = AdaptiveSampler.from_profile(profile.sampler, enabled=None if sampling else False)
         finder = make_region_finder(
@@ -229,6 +245,8 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         )
         feedback = FeedbackBook(skus, metrics)
         publisher.on_feedback(FeedbackInbox(feedback, metrics).receive)
+        if scene is not None and scene.cart is not None:
+            publisher.on_topic(SESSION_TOPIC, scene.trigger)  # the cart firmware's session start/end
         health = SystemdNotifier(profile.health.frame_stall_s)
         cleanup.callback(health.close)
         publisher.start()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,16 @@ from pydantic import ValidationError
 import edge_runtime
 from edge_runtime.backends import Backend, create_backend, first_available
 from edge_runtime.bundle import HEAD, MODEL, PROFILE, Bundle, load_bundle
-from edge_runtime.errors import AuthError, BundleError, EdgeError, ModelError, UsageError
+from edge_runtime.errors import EXIT_INPUT, EXIT_USAGE, AuthError, BundleError, EdgeError, ModelError, UsageError
 from edge_runtime.features import COLOUR_DIM
 from edge_runtime.head.model import Head
 from edge_runtime.profile import Camera, DeviceProfile
 from edge_runtime.run.metrics import RunMetrics
-from edge_runtime.run.mqtt import MqttPublisher
+from edge_runtime.run.mqtt import DRAIN_RETRY_S, MqttPublisher
 from edge_runtime.run.mqtt_auth import MqttAuthError
-from edge_runtime.run.outbox import Outbox
+from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
 from edge_runtime.run.publisher import NullPublisher, Publisher
+from edge_runtime.run.queues import POLL_S
 from edge_runtime.run.sources import Source, open_source, redact_uri
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "open_frames",
     "open_metrics",
     "open_publisher",
+    "outbox_delivered_on_refusal",
     "pick_camera",
     "status_fields",
 ]
@@ -299,9 +301,11 @@ def open_publisher(
     device_id: str,
     camera: Camera,
     status_fields: dict[str, Any],
+    reconnect_s: float | None = None,
 ) -> Publisher:
     """The MQTT publisher over the durable outbox in ``state_dir`` (closed by ``cleanup``); a NullPublisher when
-    ``publish`` is False. Not started."""
+    ``publish`` is False. Not started. ``reconnect_s`` retries a lost connection that often instead of with
+    backoff."""
     if not publish:
         return NullPublisher()
     outbox = Outbox.from_profile(profile, state_dir)
@@ -313,9 +317,70 @@ def open_publisher(
     if len(profile.cameras) > 1:
         # Two cameras of one device under one client id would keep kicking each other off the broker.
         extra["client_id"] = f"{profile.mqtt.topic_prefix}-{device_id}-{camera.name}"
+    if reconnect_s is not None:
+        extra.update(reconnect_min_s=reconnect_s, reconnect_max_s=reconnect_s)
     return MqttPublisher.from_profile(
         profile, outbox, host=host, port=port, device_id=device_id, status_fields=status_fields, **extra
     )
+
+
+@contextlib.contextmanager
+def outbox_delivered_on_refusal(
+    profile: DeviceProfile,
+    state_dir: Path,
+    *,
+    publish: bool,
+    timeout_s: float,
+    host: str | None,
+    port: int | None,
+    device_id: str,
+    camera: Camera,
+    status_fields: dict[str, Any],
+) -> Iterator[None]:
+    """Around startup steps whose errors keep the service down (exit 2 or 3: the unit's
+    ``RestartPreventExitStatus``, e.g. a camera that cannot be opened): before such an error ends the run, the
+    messages an earlier run left in the outbox are delivered, for up to ``timeout_s``. Otherwise they would wait
+    until someone fixes the camera. Whatever is not acknowledged by then stays in the outbox."""
+    try:
+        yield
+    except EdgeError as exc:
+        if publish and exc.exit_code in (EXIT_USAGE, EXIT_INPUT) and (state_dir / OUTBOX_FILENAME).is_file():
+            options = {"host": host, "port": port, "device_id": device_id, "camera": camera}
+            _deliver_leftovers(profile, state_dir, timeout_s, options, status_fields)
+        raise
+
+
+def _deliver_leftovers(
+    profile: DeviceProfile, state_dir: Path, timeout_s: float, options: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    with contextlib.ExitStack() as cleanup:
+        try:
+            # Retried every DRAIN_RETRY_S: this is a drain, with no backoff to grow.
+            publisher = open_publisher(
+                profile, state_dir, cleanup, publish=True, status_fields=fields, reconnect_s=DRAIN_RETRY_S, **options
+            )
+        except EdgeError as exc:  # the outbox itself cannot be opened: nothing to deliver
+            log.warning("cannot deliver the outbox before exiting: %s", exc)
+            return
+        left = publisher.outbox_stats().depth
+        if not left:
+            return
+        log.warning(
+            "cannot start (see below); first delivering the %d message(s) left in %s, for up to %g s",
+            left,
+            publisher.outbox_path,
+            timeout_s,
+        )
+        publisher.start()
+        cleanup.callback(publisher.close, publish_offline=True, timeout_s=1.0)
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while not publisher.fatal_error and time.monotonic() < deadline:
+            if publisher.flush(min(POLL_S, max(0.0, deadline - time.monotonic()))):
+                log.info("delivered the outbox (%d message(s))", left)
+                return
+        left = publisher.outbox_stats().depth
+        why = f"the broker refused us: {publisher.fatal_error}" if publisher.fatal_error else "not acknowledged in time"
+        log.warning("%d message(s) stay in %s (%s)", left, publisher.outbox_path, why)
 
 
 def await_broker(publisher: Publisher, timeout_s: float, where: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import logging
 import os
 import random
 import subprocess
@@ -25,7 +26,10 @@ import pytest
 
 from edge_runtime.errors import EXIT_TEMPFAIL
 from edge_runtime.run.metrics import sample_value
+from edge_runtime.run.outbox import OUTBOX_FILENAME, Outbox
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
+from edge_runtime.run.sources import SourceError
+from edge_runtime.types import OutMessage
 from tests.broker import Collector, Mosquitto, free_port
 from tests.faultkit import (
     REPO,
@@ -506,3 +510,96 @@ def test_slow_uplink_inference_keeps_its_rate_and_the_outbox_absorbs_the_backlog
         proxy.close()
         collector.close()
     assert sorted(frames) == list(range(30)) and all(len(ids) == 1 for ids in frames.values())
+
+
+# --------------------------------------------------------------------------- 7. an outbox never stranded
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when a log line contains ``text`` (from any thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def test_a_broker_back_during_the_drain_gets_the_outbox_before_exit(
+    assets: Assets, video: Path, tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    # A finite source ends while the broker is away; it returns well into the drain, when paho's doubled
+    # backoff (1, 2, 4, 5 s) would let the drain time out: the drain retries every DRAIN_RETRY_S instead.
+    mqtt = mosquitto_factory(persistence=True)
+    mqtt.start()
+    collector = Collector(mqtt.host, mqtt.port, "edge/drain-test/#", client_id="rx-drain", clean_session=False)
+    mqtt.stop()
+    seen = _Seen("draining; retrying")
+    mqtt_log = logging.getLogger("edge_runtime.run.mqtt")
+    level = mqtt_log.level
+    mqtt_log.addHandler(seen)
+    mqtt_log.setLevel(logging.INFO)  # the line is an info one
+    out: dict[str, RunSummary] = {}
+    opts = options(
+        assets.bundle, tmp_path / "state", mqtt.port, source=str(video), device_id="drain-test",
+        connect_wait_s=0.2, drain_timeout_s=6.0,
+    )  # fmt: skip
+    worker = threading.Thread(target=lambda: out.setdefault("summary", run(opts)))
+    worker.start()
+    try:
+        assert seen.event.wait(30), "the drain never began"
+        time.sleep(3.0)  # the broker is back 3 s into a 6 s drain
+        mqtt.start()
+        worker.join(30)
+        summary = out["summary"]
+        assert collector.wait_for(lambda ps: len(results_by_frame(ps, "drain-test")) >= 30, timeout=10)
+    finally:
+        mqtt_log.removeHandler(seen)
+        mqtt_log.setLevel(level)
+        worker.join(30)
+        collector.close()
+    assert summary.frames_processed == 30
+    assert summary.drained and summary.outbox_left == 0 and summary.messages_dropped == 0
+
+
+def _leftovers(state: Path, device: str, n: int) -> set[str]:
+    """``n`` results messages an earlier run of ``device`` left in the outbox of ``state``."""
+    ids = {f"left-{i:03d}" for i in range(n)}
+    with Outbox(state / OUTBOX_FILENAME, max_bytes=1 << 20, ttl_s=3600) as box:
+        for msg_id in sorted(ids):
+            body = {"schema": RESULTS, "id": msg_id, "device_id": device, "frame_id": int(msg_id[-3:]), "regions": []}
+            payload = json.dumps(body).encode()
+            assert box.put(OutMessage(msg_id, f"edge/{device}/results", payload, "result", time.time()))
+    return ids
+
+
+def test_a_camera_that_cannot_open_delivers_the_outbox_before_exit_3(
+    assets: Assets, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # RestartPreventExitStatus=3 keeps the unit down until someone fixes the camera: the messages of the
+    # earlier run must not wait that long.
+    state = tmp_path / "state"
+    ids = _leftovers(state, "exit3-test", 12)
+    collector = Collector(mosquitto.host, mosquitto.port, "edge/exit3-test/results")
+    try:
+        missing = tmp_path / "camera-gone.mp4"
+        with pytest.raises(SourceError) as refused:
+            run(options(assets.bundle, state, mosquitto.port, source=str(missing), device_id="exit3-test"))
+        assert refused.value.exit_code == 3 and str(missing) in str(refused.value)
+        assert collector.wait_ids(ids, 5)  # delivered before run() raised
+    finally:
+        collector.close()
+    with Outbox(state / OUTBOX_FILENAME, max_bytes=1 << 20, ttl_s=3600) as box:
+        assert box.depth == 0
+
+    # No broker: the wait is bounded by the drain timeout and the messages stay for the next start.
+    ids = _leftovers(state, "exit3-test", 3)
+    t0 = time.monotonic()
+    with pytest.raises(SourceError):
+        run(options(assets.bundle, state, free_port(), source=str(missing), device_id="exit3-test", drain_timeout_s=1))
+    assert time.monotonic() - t0 < 5
+    with Outbox(state / OUTBOX_FILENAME, max_bytes=1 << 20, ttl_s=3600) as box:
+        assert {m.id for m in box.next_batch(10)} == ids

@@ -497,3 +497,29 @@ def test_each_camera_of_a_multi_camera_profile_is_its_own_mqtt_client(mosquitto:
     statuses = Collector(mosquitto.host, mosquitto.port, "edge/+/status")
     assert statuses.wait_for(lambda ps: {p.get("device_id") for p in ps} >= set(ids), 5)
     statuses.close()
+
+
+@pytest.mark.integration
+def test_retry_promptly_reconnects_at_once_instead_of_after_the_doubled_backoff(
+    mosquitto_factory: Callable[..., Mosquitto], make_publisher: Callable[..., MqttPublisher], outbox: Outbox
+) -> None:
+    # What edge-run's drain calls: the broker returns while paho sleeps through a backoff that doubled during the
+    # outage. Delays here: 0.25, 0.5, 1, 2, 4 s, so attempts at about 0.25, 0.75, 1.75, 3.75, then 7.75 s.
+    broker = mosquitto_factory(persistence=True)
+    broker.start()
+    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/results", client_id="sub-p", clean_session=False)
+    publisher = make_publisher(broker, reconnect_min_s=0.25, reconnect_max_s=8.0)
+    publisher.start()
+    assert publisher.wait_connected(10)
+    broker.stop()
+    expected = send_results(publisher, range(40))
+    time.sleep(4.0)  # after the attempt at ~3.75 s: paho's next one is ~4 s away
+    broker.start()
+    t0 = time.monotonic()
+    publisher.retry_promptly(0.2)
+    assert publisher.flush(2.5), "still waiting for paho's backoff"
+    assert time.monotonic() - t0 < 2.5
+    assert collector.wait_ids(expected, 10)
+    assert publisher.stats().connects == 2 and outbox.depth == 0
+    publisher.retry_promptly(0.2)  # once is enough: a second call changes nothing
+    collector.close()

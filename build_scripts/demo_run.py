@@ -2,8 +2,11 @@
 
 Generates a short demo video in the cache directory, starts a throwaway mosquitto on a free loopback port when the
 binary exists, runs the pipeline on every frame and prints the summary, the counts by route and topic, and a
-couple of example messages (crops shortened). Without mosquitto the run keeps every message in its outbox and
-says so: the next run with a broker sends them first.
+couple of example messages (crops shortened). Then a cart session (issue 18's scenes): a rendered basket where a
+hand puts products in and takes one out, run through a copy of the bundle whose profile says ``[scene] kind =
+"cart"`` (what edge-build writes for a cart profile); it prints the events as they were published and the cart's
+retained contents against the scenario's truth. Without mosquitto the runs keep every message in their outboxes
+and say so: the next run with a broker sends them first.
 
     python build_scripts/demo_run.py --bundle out/demo/bundle
 """
@@ -24,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_runtime.bundle import MANIFEST, PROFILE, json_bytes, load_bundle, write_bundle
 from edge_runtime.demo import generate_demo_video
+from edge_runtime.demo.cart_scenes import write_cart_video
 from edge_runtime.errors import EdgeError
 from edge_runtime.run.pipeline import RunOptions, RunSummary, run
 
@@ -123,6 +129,11 @@ class Listener:
         with self._lock:
             return next((p for _, p in self.messages.values() if p.get("schema") == schema), None)
 
+    def with_schema(self, schema: str) -> list[dict[str, Any]]:
+        """Every payload of ``schema``, in arrival order."""
+        with self._lock:
+            return [p for _, p in self.messages.values() if p.get("schema") == schema]
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
@@ -143,6 +154,44 @@ def demo_video(cache_dir: Path, seconds: float) -> Path:
         if existing.is_file():
             return existing
     return generate_demo_video(target, seconds=seconds, fps=10, size=(640, 480))
+
+
+def cart_bundle(bundle: Path, cache_dir: Path) -> Path:
+    """A copy of ``bundle`` whose profile runs the cart scene: every file and hash as edge-build writes them."""
+    source = load_bundle(bundle)
+    manifest = json.loads((source.root / MANIFEST).read_text())
+    members = {name: (source.root / name).read_bytes() for name in manifest["files"]}
+    profile = json.loads(members[PROFILE])
+    profile["scene"] = {"kind": "cart", "cart": {"learn_frames": 15, "settle_s": 0.5, "gone_s": 0.6}}
+    members[PROFILE] = json_bytes(profile)
+    for key in ("schema", "schema_version", "files"):
+        manifest.pop(key, None)
+    return write_bundle(cache_dir / "demo-cart" / "out", members, manifest).root
+
+
+def cart_video(cache_dir: Path) -> Path:
+    # Seed 8: three products in (two at once), a lighting step, one taken out again.
+    target = cache_dir / "demo-cart" / "session-8.avi"
+    return target if target.is_file() else write_cart_video(target, seed=8, actions=4)
+
+
+def print_cart_report(summary: RunSummary, listener: Listener, video: Path) -> None:
+    truth = json.loads(video.with_suffix(".truth.json").read_text())
+    print(f"\ncart session ({truth['frames']} frames, {', '.join(truth['features'])}):")
+    print(summary.text())
+    print(f"messages produced by topic: {dict(sorted(summary.messages_by_topic.items()))}")
+    print("events (edge.event/1 on .../events), as published:")
+    for payload in listener.with_schema("edge.event/1"):
+        what = f"{payload['sku'] or 'new product'} ({payload['route']}, track {payload['track_id']})"
+        print(f"  frame {payload['frame_id']:4d}  {payload['type']:13s} {what if payload['route'] else ''}")
+    print("truth:")
+    for event in truth["events"]:
+        print(f"  frame {event['frame']:4d}  {event['type']:13s} {event['sku']}")
+    carts = listener.with_schema("edge.cart/1")
+    filled = [c for c in carts if c["session_id"]]
+    if filled:
+        print(f"\ncontents before checkout (edge.cart/1, retained): {shorten(filled[-1], 400)}")
+    print(f"truth: {truth['contents']}")
 
 
 def print_report(summary: RunSummary, listener: Listener | None) -> None:
@@ -200,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
             options.connect_wait_s = 0.5
             options.drain_timeout_s = 1.0
             print_report(run(options), None)
+            cart = replace(
+                options, bundle=cart_bundle(args.bundle, args.cache_dir), source=str(cart_video(args.cache_dir))
+            )
+            cart.state_dir = args.cache_dir / "demo-cart" / "state"
+            print(f"\ncart session: {run(cart).text()}")
             return 0
         with local_broker(binary) as port:
             options.mqtt_port = port
@@ -209,6 +263,16 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.3)  # the last deliveries to our own subscriber
                 print(f"demo_run: ran {args.bundle} on {video} with a local mosquitto on port {port}\n")
                 print_report(summary, listener)
+            finally:
+                listener.close()
+            video = cart_video(args.cache_dir)
+            cart = replace(options, bundle=cart_bundle(args.bundle, args.cache_dir), source=str(video))
+            cart.state_dir = args.cache_dir / "demo-cart" / "state"
+            listener = Listener(port)
+            try:
+                summary = run(cart)
+                time.sleep(0.3)
+                print_cart_report(summary, listener, video)
             finally:
                 listener.close()
         return 0

@@ -1,9 +1,13 @@
 """The MQTT publisher of edge-run: drains the durable outbox to the broker at QoS 1, receives feedback.
 
-Flow: ``send()`` stores a message in the outbox and wakes the sender thread; the sender publishes
-pending messages while connected, at most ``max_inflight`` awaiting a PUBACK; ``on_publish`` (the
-PUBACK) is the only place a message is acked and deleted from the outbox. Delivery is at-least-once:
-consumers drop duplicates by the ``id`` inside every JSON payload.
+Flow: ``send()`` stores a message in the outbox (``send_many()`` a frame's messages in one transaction) and
+wakes the sender thread (``run.mqtt_sender``); the sender publishes pending messages while connected, at most
+``max_inflight`` awaiting a PUBACK; ``on_publish`` (the PUBACK) is the only place a message is acked and leaves
+the outbox. Delivery is at-least-once: consumers drop duplicates by the ``id`` inside every JSON payload.
+
+Reconnects: paho retries a lost connection after a wait that doubles from ``reconnect_min_s`` up to
+``reconnect_max_s`` (1 and 5 s: a LAN broker). ``retry_promptly()`` (edge-run's drain) switches to a retry
+every ``DRAIN_RETRY_S``, restarting paho's network thread when it is asleep in a longer wait.
 
 Across a broker outage, paho keeps every unacknowledged QoS 1 publish in memory and retransmits it
 (DUP flag, same mid) right after the next CONNACK, so in-flight messages stay in flight under their
@@ -18,8 +22,7 @@ published by ``close()``.
 
 Uplink cap: with ``uplink_bytes_per_s`` set, a token bucket (``run.uplink``) holds the sender back
 so that payload plus topic bytes stay at the cap on average. A held-back message simply stays in the
-durable outbox: the cap delays, it never drops. The sender waits on its condition variable, so
-``close()``, a disconnect, an ack or a new message wakes it at once.
+durable outbox: the cap delays, it never drops.
 
 Feedback: every message on ``{prefix}/{device}/feedback`` is handed, as bytes, to the callback given to
 ``on_feedback()`` (``run.feedback`` validates, deduplicates and counts it). paho's callbacks (connect,
@@ -42,16 +45,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.errors import UsageError
 from edge_runtime.run.messages import TOPICS, encode_json
 from edge_runtime.run.mqtt_auth import MqttAuthError, read_credentials, tls_context
 from edge_runtime.run.mqtt_inflight import InflightLedger
-from edge_runtime.run.mqtt_session import BrokerSession
-from edge_runtime.run.outbox import DROP_REJECTED, Outbox, OutboxStats
+from edge_runtime.run.mqtt_sender import URGENT_KINDS, OutboxSender
+from edge_runtime.run.outbox import Outbox, OutboxStats
 from edge_runtime.run.publisher import PublisherStats
-from edge_runtime.run.uplink import Uplink, uplink_cost
+from edge_runtime.run.uplink import Uplink
 from edge_runtime.types import MessageKind, OutMessage
 
 if TYPE_CHECKING:
@@ -61,8 +64,6 @@ __all__ = ["DRAIN_RETRY_S", "RECONNECT_MAX_S", "RECONNECT_MIN_S", "URGENT_KINDS"
 
 logger = logging.getLogger(__name__)
 
-# Sent ahead of older crops while the uplink cap holds messages back.
-URGENT_KINDS: Final[tuple[MessageKind, ...]] = ("status", "result", "heartbeat")
 # paho doubles the wait after each failed connection attempt, from the minimum up to the maximum. A device talks
 # to a broker on its own LAN: 5 s at most puts it back within seconds of a broker restart, and even a hundred
 # devices retrying every 5 s are 20 connection attempts a second, nothing for a broker that is up again.
@@ -70,11 +71,9 @@ RECONNECT_MIN_S: Final = 1.0
 RECONNECT_MAX_S: Final = 5.0
 # While edge-run drains (the run is over, only the outbox is left), a lost connection is retried this often.
 DRAIN_RETRY_S: Final = 0.5
-_EXPIRE_EVERY_S: Final = 60.0
-_ACK_SYNC_S: Final = 0.5  # idle time after which the sender deletes acknowledged rows itself
 
 
-class MqttPublisher(BrokerSession):
+class MqttPublisher(OutboxSender):
     """Publishes the outbox to ``{prefix}/{device_id}/...`` at QoS 1 and hands feedback to a callback: the
     ``run.publisher.Publisher`` edge-run uses.
 
@@ -468,135 +467,3 @@ class MqttPublisher(BrokerSession):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ------------------------------------------------------------------ the sender thread
-
-    def _run_sender(self) -> None:
-        next_expire = 0.0
-        # The uplink budget ran short last time: read one message at a time. A full batch held through
-        # budget waits would pin up to max_inflight crops in memory and go stale (the outbox's byte cap
-        # may evict them meanwhile, and a message counted as dropped would then still be sent).
-        throttled = False
-        while True:
-            idle = False
-            with self._cond:
-                while not self._stopping and not self._can_send():
-                    wait = next_expire - time.monotonic()
-                    if wait <= 0:
-                        break
-                    # Acked rows are deleted by the next put; when none comes (the source ended, a quiet
-                    # camera), delete them after a moment without work, so a crash resends none of them.
-                    if not self._outbox.acks_pending:
-                        self._cond.wait(min(wait, 5.0))
-                    elif not self._cond.wait(min(wait, _ACK_SYNC_S)):
-                        idle = True
-                        break
-                if self._stopping:
-                    return
-                room = self._max_inflight - len(self._inflight) if self._can_send() else 0
-                if room:
-                    self._more_pending = False
-            if idle:
-                self._outbox.sync_acks()
-            if time.monotonic() >= next_expire:
-                next_expire = time.monotonic() + _EXPIRE_EVERY_S
-                try:
-                    self._outbox.expire()
-                except Exception:
-                    logger.exception("MQTT: outbox expiry failed")
-            if not room:
-                continue
-            limit = 1 if throttled else room
-            try:
-                # While the uplink is the bottleneck, small results, status and heartbeats overtake queued crops:
-                # a store acts on results within seconds, a crop can wait. Order within each topic is kept,
-                # and MQTT promises no order across topics anyway.
-                batch = self._outbox.next_batch(limit, kinds=URGENT_KINDS) if throttled else []
-                batch = batch or self._outbox.next_batch(limit)
-                if len(batch) == limit:
-                    with self._lock:
-                        self._more_pending = True  # the batch was capped: there may be more
-                throttled = False
-                for i, msg in enumerate(batch):
-                    # Only the first message of a batch waits for budget; the rest go back to the outbox
-                    # untouched (never marked in flight) and are read again, one by one, when it allows.
-                    admitted, waited = self._await_uplink(msg, block=i == 0)
-                    throttled = throttled or waited or not admitted
-                    if not admitted:
-                        with self._lock:
-                            self._more_pending = True
-                        break
-                    if not self._publish_one(msg):
-                        # paho refused it without queueing it: give the connection state a moment
-                        # to settle instead of spinning on the same message.
-                        time.sleep(0.2)
-                        break
-            except Exception:
-                # The sender must outlive a bad message or a transient failure; the outbox keeps the data.
-                logger.exception("MQTT: sender error; retrying")
-                time.sleep(1.0)
-                with self._lock:
-                    self._more_pending = True
-
-    def _can_send(self) -> bool:
-        return (
-            self._connected and self._more_pending and not self._restarting and len(self._inflight) < self._max_inflight
-        )
-
-    def _await_uplink(self, msg: OutMessage, *, block: bool) -> tuple[bool, bool]:
-        """(admitted, waited): whether the uplink budget lets ``msg`` go now, and whether it had to wait for it.
-
-        Without ``block`` it never waits. Blocking, it waits until the budget allows, and gives up (not
-        admitted) when stopping or when the connection is lost while waiting.
-        """
-        if not self._uplink.limited:
-            return True, False
-        cost = uplink_cost(msg)
-        with self._cond:
-            try:
-                while not self._stopping:
-                    wait = self._uplink.wait_needed_s(cost)
-                    if wait <= 0:
-                        return True, self._uplink.waiting
-                    if not block or not self._connected:
-                        return False, False
-                    self._uplink.begin_wait()
-                    # Not a spin: sleeps for the whole deficit unless close(), a disconnect, an ack or a
-                    # send() wakes it, and each of those is an event, not a poll.
-                    self._cond.wait(wait)
-                return False, False
-            finally:
-                self._uplink.end_wait()
-
-    def _publish_one(self, msg: OutMessage) -> bool:
-        """Publish one outbox message; False when paho did not take it (it is pending again)."""
-        cost = uplink_cost(msg)
-        self._outbox.mark_inflight([msg.id])
-        with self._lock:
-            self._inflight.add(msg.id, cost)
-        try:
-            info = self._client.publish(msg.topic, msg.payload, qos=self._qos, retain=msg.retain)
-        except ValueError as exc:  # invalid topic or payload: retrying cannot help
-            logger.error("MQTT: dropping message %s: %s", msg.id, exc)
-            with self._lock:
-                self._inflight.discard(msg.id)
-            self._outbox.drop(msg.id, DROP_REJECTED)
-            return True
-        # NO_CONN at QoS >= 1: paho queued it and sends it after the next CONNACK, so it is in flight.
-        queued = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
-            info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self._qos > 0
-        )
-        if not queued:
-            logger.warning("MQTT: publish of %s failed (%s); will retry", msg.id, mqtt.error_string(info.rc))
-            with self._cond:
-                self._inflight.discard(msg.id)
-                self._more_pending = True
-            self._outbox.release([msg.id])
-            return False
-        with self._lock:
-            self.published += 1
-            self._uplink.spend(cost)
-            already = self._inflight.register(info.mid, msg.id)
-        if already:  # its PUBACK overtook the registration (see run.mqtt_inflight)
-            self._complete(msg.id, None)
-        return True

@@ -278,3 +278,15 @@ def test_frames_and_decisions_that_do_not_fit_are_refused():
         scene.update(0, 0.0, shelf_frame(FULL), EXPECTED[:2])
     with pytest.raises(ValueError, match="frame is 640x480"):
         scene.update(0, 0.0, np.zeros((480, 640, 3), np.uint8), EXPECTED)
+
+
+def test_a_wrong_first_look_is_corrected_after_the_hold():
+    scene = ShelfScene(config(), SKUS, SIZE)
+    hand_at_start = shelf_frame([TEMPLATES[3], TEMPLATES[1], TEMPLATES[1]])  # something in front of s1
+    (first,) = [
+        c for c in scene.update(0, 0.0, hand_at_start, [dec("c", "accept"), dec("b"), dec("b")]) if c.slot_id == "s1"
+    ]
+    assert (first.previous, first.state, first.sku) == ("unknown", "misplaced", "c")
+    changes = run(scene, [(shelf_frame(FULL), EXPECTED)] * 3, start=1)
+    assert [(c.slot_id, c.previous, c.state) for c in changes[2]] == [("s1", "misplaced", "present")]
+    assert scene.state()["slots"][0]["since"] == 0.5  # when the right state was first seen

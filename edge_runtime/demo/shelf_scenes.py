@@ -242,8 +242,8 @@ def _passers(sc: ShelfScenario, rng: np.random.Generator, n: int) -> None:
 
 
 def shelf_scenarios(seed: int = 0, looks: Appearances | None = None, frames: int = 120) -> list[ShelfScenario]:
-    """The scenarios on ``looks`` (default: the synthetic packages). Grocery appearances give one restock
-    scenario on grocery products; synthetic ones give restock, unknown products, lighting and a pegboard."""
+    """The scenarios on ``looks`` (default: the synthetic packages): restock and unknown products for any
+    appearances, and with the synthetic ones also lighting and a pegboard back."""
     looks = looks or synthetic_appearances(seed)
     n = frames
     at = [round(n * t) for t in (0.15, 0.3, 0.42, 0.55, 0.7, 0.85)]
@@ -261,10 +261,8 @@ def shelf_scenarios(seed: int = 0, looks: Appearances | None = None, frames: int
     _set(sc, b, at[5], [_look(looks, rng, sc.slots[b]["sku"])] * 2)
     _passers(sc, rng, 6)
     out.append(sc)
-    if looks.source != "synthetic":
-        return out
     # Products no catalogue holds stand in three slots; one is emptied and refilled with another one.
-    sc = _new("synthetic-unknown", seed, 2, n, looks)
+    sc = _new(f"{looks.source}-unknown", seed, 2, n, looks)
     rng = _rng(seed, 102)
     for slot in (0, 3, 5):
         _set(sc, slot, 0, [_stranger(looks, rng)], hand=False)
@@ -274,6 +272,8 @@ def shelf_scenarios(seed: int = 0, looks: Appearances | None = None, frames: int
     _set(sc, 7, at[4], [_stranger(looks, rng)])
     _passers(sc, rng, 4)
     out.append(sc)
+    if looks.source != "synthetic":
+        return out
     # Lighting: the lights dim with a fall-off across the shelf, a slot empties in the dim, the light returns.
     sc = _new("synthetic-lighting", seed, 3, n, looks)
     rng = _rng(seed, 103)

@@ -60,7 +60,7 @@ class SlotChange:
     previous: str  # "unknown" before a slot's first state
     state: str  # present | empty | misplaced
     expected_sku: str
-    sku: str | None  # the SKU seen (the misplaced one, or the expected one when present and recognised)
+    sku: str | None  # the misplaced SKU, or the expected one when present and the head names it; else None
     route: str | None  # the head's route for the facing that decided; None for empty
     score: float | None
     ts: float  # capture time of the frame that confirmed the change
@@ -74,7 +74,7 @@ class _Facing:
     slot: int
     box: tuple[int, int, int, int]
     state: SlotState = "unknown"
-    sku: str | None = None  # misplaced: the SKU seen; present: the head's SKU when not unknown
+    sku: str | None = None  # misplaced: the SKU seen; present: the expected SKU when the head names it
     decision: Decision | None = None  # the latest decision that agreed with the stable state
     candidate: tuple[str, str | None] | None = None  # (state, misplaced SKU) being held
     candidate_frames: int = 0
@@ -134,6 +134,9 @@ class ShelfScene:
             _Facing(slot=i, box=b) for i, s in enumerate(config.slots) for b in facing_boxes(s.box, s.facings)
         ]
         self._slots = [_Slot() for _ in config.slots]
+        self._by_slot: list[list[_Facing]] = [
+            [f for f in self._facings if f.slot == i] for i in range(len(self._slots))
+        ]
         reference = _read_reference(config.empty_reference, frame_size) if config.empty_reference else None
         self.emptiness = EmptinessTest(
             [f.box for f in self._facings], frame_size, config.empty_texture_max, config.empty_match_min, reference
@@ -175,11 +178,14 @@ class ShelfScene:
         return "present", None
 
     def _observe(self, facing: _Facing, seen: tuple[SlotState, str | None], decision: Decision, ts: float) -> None:
+        # A present facing names its SKU only when the head names the expected one (a less sure other SKU is
+        # not evidence enough to name it, as it was not to call the slot misplaced).
+        named = decision.sku if decision.sku == self.config.slots[facing.slot].sku else None
         if seen == (facing.state, facing.sku if facing.state == "misplaced" else None):
             facing.candidate, facing.candidate_frames = None, 0
             facing.decision = decision
             if facing.state == "present":
-                facing.sku = decision.sku if decision.route != "unknown" else None
+                facing.sku = named
             return
         if seen != facing.candidate:
             facing.candidate, facing.candidate_frames, facing.candidate_since = seen, 0, ts
@@ -189,12 +195,7 @@ class ShelfScene:
         # state from the first frame beats "unknown" for the hold; a wrong first look is corrected like any change.
         if held or facing.state == "unknown":
             facing.state, facing.since, facing.decision = seen[0], facing.candidate_since, decision
-            if seen[0] == "misplaced":
-                facing.sku = seen[1]
-            elif seen[0] == "present" and decision.route != "unknown":
-                facing.sku = decision.sku
-            else:
-                facing.sku = None
+            facing.sku = seen[1] if seen[0] == "misplaced" else named if seen[0] == "present" else None
             facing.candidate, facing.candidate_frames = None, 0
 
     def _slot_state(self, members: list[_Facing]) -> tuple[SlotState, _Facing]:
@@ -208,10 +209,7 @@ class ShelfScene:
         return "present", next(f for f in members if f.state == "present")
 
     def _members(self) -> list[list[_Facing]]:
-        members: list[list[_Facing]] = [[] for _ in self._slots]
-        for f in self._facings:
-            members[f.slot].append(f)
-        return members
+        return self._by_slot
 
     def _slot_changes(self, frame_id: int, ts: float) -> list[SlotChange]:
         changes = []

@@ -11,7 +11,8 @@ and goes through ``ReviewStore.add_event``, which groups it, exactly as ``edge-r
   majority); 1 is ideal (one label action per product);
 - *purity*: the share of each group's members from its majority product, weighted by group size;
 - *grouped*: the share of photos in a group of two or more (the rest is reviewed one by one);
-- *label actions*: groups plus single photos, what a reviewer clicks to label every photo (vs. one per photo).
+- *label actions*: groups plus single photos, what a reviewer clicks to label every photo (vs. one per photo);
+- *unticks*: grouped photos not of their group's majority product, which a reviewer unticks before labelling.
 
 The new SKUs include look-alike families (apples, juices, milks): a threshold that merges siblings shows as
 lower purity, one that splits a product as more groups per product.
@@ -97,6 +98,7 @@ def evaluate(labels: list[str], groups: list[int | None]) -> dict[str, float]:
         "purity": purity,
         "grouped": grouped / len(labels),
         "actions": len(multi) + singles,
+        "unticks": grouped - sum(n for _, n in majority.values()),  # crops a reviewer takes out of their group
     }
 
 
@@ -134,7 +136,7 @@ def main() -> int:
         print(f"{len(photos)} photos of {len(NEW)} new SKUs embedded, {per_photo_ms:.1f} ms per crop (decode + embed)")
         labels = [Path(rel).name for rel, _ in photos]
         print(f"{'threshold':>9} {'groups':>6} {'groups/product':>14} {'no group':>8} {'purity':>7} {'grouped':>8} "
-              f"{'label actions':>13}")  # fmt: skip
+              f"{'label actions':>13} {'unticks':>7}")  # fmt: skip
         for threshold in [float(x) for x in args.thresholds.split(",")]:
             store = ReviewStore(open_engine(f"sqlite:///{work / f'g{threshold}.db'}"), work / "data",
                                 group_threshold=threshold)  # fmt: skip
@@ -153,7 +155,7 @@ def main() -> int:
             print(
                 f"{threshold:>9.2f} {m['groups']:>6d} {m['groups_per_product']:>14.2f} "
                 f"{m['products_without_group']:>8d} {m['purity']:>7.3f} {m['grouped']:>8.1%} "
-                f"{m['actions']:>6d} of {len(photos)}   "
+                f"{m['actions']:>6d} of {len(photos)} {m['unticks']:>7d}   "
                 f"(store + group {store_ms:.1f} ms per event)"
             )  # fmt: skip
             store.engine.dispose()

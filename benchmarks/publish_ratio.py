@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -215,9 +214,12 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def in_child(kind: str, bundle: Path, frames: int, warmup: int, port: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", kind, str(bundle), str(frames), str(warmup), str(port or 0)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+def in_child(kind: str, bundle: Path, frames: int, warmup: int, port: int | None, tree: Path = REPO) -> dict[str, Any]:
+    """One run in a fresh process, with the code of the checkout ``tree`` (this one by default)."""
+    script = tree / "benchmarks" / Path(__file__).name
+    cmd = [sys.executable, str(script), "--child", kind, str(bundle), str(frames), str(warmup), str(port or 0)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[len("RESULT ") :])
@@ -231,9 +233,10 @@ KINDS = ("bare", "publish", "bench")
 LABELS = {"bare": "bare onnxruntime, 1 thread", "publish": "edge-bench --publish", "bench": "edge-bench"}
 
 
-def _table(runs: dict[str, list[dict[str, Any]]]) -> None:
+def _table(runs: dict[str, list[dict[str, Any]]], title: str) -> None:
+    print(f"\n{title}")
     med = {k: statistics.median(r["fps"] for r in v) for k, v in runs.items()}
-    print(f"\n{'loop':<30}{'fps (median)':>13}{'x bare':>8}   runs (fps; ratio to that repeat's bare)")
+    print(f"{'loop':<30}{'fps (median)':>13}{'x bare':>8}   runs (fps; ratio to that repeat's bare)")
     for k in KINDS:
         fps = [r["fps"] for r in runs[k]]
         ratios = [r["fps"] / b["fps"] for r, b in zip(runs[k], runs["bare"], strict=True)]
@@ -276,6 +279,12 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=400, help="measured frames per run (default 400)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of this repository (an earlier commit): its edge-bench runs are interleaved with "
+        "this checkout's, against the same bare runs, and reported as a second table",
+    )
     args = parser.parse_args()
     bundle = threads1_bundle(args.bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -286,15 +295,24 @@ def main() -> int:
         f"{args.frames} frames after {args.warmup} warm-up, {args.repeats} repeats, each run a fresh process"
     )
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
-    with broker() as port, tempfile.TemporaryDirectory():
+    before: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    with broker() as port:
         if port is None:
             print("mosquitto not installed (make sysdeps): nothing to measure")
             return 0
         for i in range(args.repeats):
             for kind in KINDS:
                 runs[kind].append(in_child(kind, bundle, args.frames, args.warmup, port))
-            print(f"  repeat {i + 1}: " + ", ".join(f"{k} {runs[k][-1]['fps']:.1f} fps" for k in KINDS), flush=True)
-    _table(runs)
+            line = ", ".join(f"{k} {runs[k][-1]['fps']:.1f} fps" for k in KINDS)
+            if args.before is not None:
+                before["bare"].append(runs["bare"][-1])
+                for kind in KINDS[1:]:
+                    before[kind].append(in_child(kind, bundle, args.frames, args.warmup, port, args.before))
+                line += "; before: " + ", ".join(f"{k} {before[k][-1]['fps']:.1f} fps" for k in KINDS[1:])
+            print(f"  repeat {i + 1}: {line}", flush=True)
+    _table(runs, f"this checkout ({REPO.name})")
+    if args.before is not None:
+        _table(before, f"before: {args.before}")
     return 0
 
 

@@ -1,11 +1,12 @@
-"""Run edge-bench on the demo bundle and the five benchmark scripts, one after another, and print everything.
+"""Run edge-bench on the demo bundle and the six benchmark scripts, one after another, and print everything.
 
     python benchmarks/run_all.py [--quick]
 
 Each script runs in its own process (a fresh interpreter, so one script's memory or threads never colour the
 next one's figures) with the output streamed as it comes; the command and wall time of each are printed with it.
-The demo bundle (out/demo/bundle) is built first when it is missing. About 5 minutes on 2 cores; ``--quick``
-shrinks repeats and sizes for a smoke run (the figures are then not the ones to quote).
+The demo bundle (out/demo/bundle) is built first when it is missing (and publish_ratio.py's one-thread variant of
+it). About 8 minutes on 2 cores; ``--quick`` shrinks repeats and sizes for a smoke run (the figures are then
+not the ones to quote).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def steps(quick: bool) -> list[tuple[str, list[str]]]:
             [py, "benchmarks/catalogue_scale.py"] + (["--sizes", "1000,10000", "--budget-s", "0.2"] if quick else []),
         ),
         ("4. outbox rate", [py, "benchmarks/outbox_rate.py"] + (["--repeats", "1"] if quick else [])),
+        (
+            "4b. publishing beside one inference thread",
+            [py, "benchmarks/publish_ratio.py"] + (["--repeats", "1", "--frames", "100"] if quick else []),
+        ),
         ("5. memory prediction", [py, "benchmarks/memory_prediction.py"] + (["--repeats", "1"] if quick else [])),
     ]
 

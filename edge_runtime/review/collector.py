@@ -206,7 +206,9 @@ class FeedbackSender:
     def __init__(self, data_dir: Path, broker: BrokerOptions, metrics: ReviewMetrics | None = None) -> None:
         self.prefix = broker.prefix
         self.metrics = metrics
-        self.outbox = Outbox(Path(data_dir) / "feedback-outbox.sqlite3", max_bytes=64 * 1024 * 1024, ttl_s=7 * 86400)
+        # One outbox per collector name: collectors sharing a --data folder must not share one SQLite outbox.
+        path = Path(data_dir) / f"feedback-outbox-{broker.name}.sqlite3"
+        self.outbox = Outbox(path, max_bytes=64 * 1024 * 1024, ttl_s=7 * 86400)
         try:
             self.publisher = MqttPublisher(
                 host=broker.host,

@@ -348,3 +348,51 @@ def test_acked_messages_are_not_counted_as_ttl_drops(db: Path) -> None:
         assert box.expire() == 1
         assert box.stats().drops == {(DROP_TTL, "result"): 1}
         assert (box.depth, box.acks_pending, _rows(db)) == (0, 0, [])
+
+
+def test_next_batch_from_memory_always_matches_the_file(db: Path) -> None:
+    # next_batch hands recent messages over from memory (FRESH_MAX of them) and reads the file otherwise: under
+    # any mix of puts, evictions, sends, acks, failed sends and a restart, it must say what the file says.
+    import random
+
+    rng = random.Random(7)
+    kinds: list[MessageKind] = ["result", "crop", "heartbeat"]
+    box = Outbox(db, max_bytes=60 * UNIT, ttl_s=3600)
+    inflight: set[str] = set()
+    acked: set[str] = set()
+    kind_of: dict[str, str] = {}
+    n = warm = 0
+    try:
+        for step in range(300):
+            op = rng.random()
+            if op < 0.35:
+                batch = [msg(n + i, rng.choice(kinds)) for i in range(rng.randint(1, 3))]
+                n += len(batch)
+                kind_of.update((m.id, m.kind) for m in batch)
+                box.put_many(batch)
+            elif op < 0.6:
+                got = box.next_batch(rng.randint(1, 8))
+                chosen = [m.id for m in got if rng.random() < 0.8]
+                box.mark_inflight(chosen)
+                inflight.update(chosen)
+            elif op < 0.85 and inflight:
+                done = rng.choice(sorted(inflight))
+                inflight.discard(done)
+                box.ack(done)
+                acked.add(done)
+            elif op < 0.93 and inflight:
+                back = rng.sample(sorted(inflight), k=min(len(inflight), 2))
+                box.release(back)
+                inflight.difference_update(back)
+            elif op < 0.95:
+                box.close()  # a restart: nothing is in flight any more
+                box = Outbox(db, max_bytes=60 * UNIT, ttl_s=3600)
+                inflight.clear()
+            only = rng.choice([None, ("crop",), ("result", "heartbeat")])
+            want = [i for i in _rows(db) if i not in inflight and i not in acked and (not only or kind_of[i] in only)]
+            limit = rng.randint(1, 70)
+            warm += box._cold() == 0  # served from memory
+            assert [m.id for m in box.next_batch(limit, kinds=only)] == want[:limit], f"step {step}"
+    finally:
+        box.close()
+    assert 30 < warm < 270, warm  # both paths were taken

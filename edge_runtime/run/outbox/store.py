@@ -22,6 +22,7 @@ together; opening the file is ``database``'s job, deciding what to drop is ``pol
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -57,6 +58,10 @@ logger = logging.getLogger(__name__)
 # Acks held in memory before their rows are deleted in a transaction of their own. A frame's put deletes the
 # pending ones anyway; this bounds how many a crash could resend when no put comes (a drain).
 ACK_BATCH: Final = 256
+# Messages just stored are also kept in memory, up to this many, so that next_batch hands them to the sender
+# without reading them back (two queries and a copy of every payload per batch). Beyond it (a broker outage's
+# backlog) the rest is read from the file; the bound keeps the memory to a few frames' crops.
+FRESH_MAX: Final = 32
 
 
 class Outbox:
@@ -90,7 +95,12 @@ class Outbox:
         self._ttl_s = float(ttl_s)
         self._clock = clock
         self._lock = threading.RLock()
-        self._inflight: set[str] = set()
+        # In flight: id -> accounted size when known (saves ack() a read), else None.
+        self._inflight: dict[str, int | None] = {}
+        # Pending messages stored by this process, oldest first, at most FRESH_MAX (see there). Whenever every
+        # pending message is here (_cold() == 0) next_batch reads no row; else it reads the file, in order.
+        self._fresh: dict[str, OutMessage] = {}
+        self._batch_sizes: dict[str, int] = {}  # sizes of the messages the last next_batch read from the file
         # Acknowledged, row not deleted yet (see the module docstring; also when the DELETE failed on a full
         # disk): hidden from next_batch, not counted in depth and bytes, deleted by a later write.
         self._acked: set[str] = set()
@@ -165,6 +175,9 @@ class Outbox:
             conn = self._conn
             acked = list(self._acked)
             depth, nbytes = self._depth, self._bytes
+            warm = self._cold() == 0  # every pending message is in _fresh: new ones may join it
+            added: list[OutMessage] = []
+            gone: list[str] = []  # ids evicted
             evicted: list[tuple[str, str]] = []  # (kind, for kind) of the messages evicted
             no_room: list[tuple[str, str]] = []  # (kind, detail) of the messages refused under the cap
             try:
@@ -194,6 +207,8 @@ class Outbox:
                         depth += 1 - len(victims)
                         nbytes += size - sum(v[2] for v in victims)
                         evicted.extend((v[1], msg.kind) for v in victims)
+                        gone.extend(v[0] for v in victims)
+                        added.append(msg)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -202,12 +217,24 @@ class Outbox:
                 return [False] * len(msgs)
             self._acked.difference_update(acked)
             self._depth, self._bytes = depth, nbytes
+            for msg_id in gone:
+                self._fresh.pop(msg_id, None)
+            if warm:
+                for msg in added:
+                    if len(self._fresh) >= FRESH_MAX:
+                        break
+                    if msg.id not in gone:
+                        self._fresh[msg.id] = msg
             for kind, detail in no_room:
                 self._drops.count(DROP_FULL, kind, detail)
             for kind, for_kind in evicted:
                 self._drops.count(DROP_FULL, kind, f"evicted to make room for a {for_kind}")
             self._write_ok()
             return stored
+
+    def _cold(self) -> int:
+        """Pending messages (stored, not in flight, not acknowledged) that are not in _fresh: read from the file."""
+        return self._depth - len(self._inflight) - len(self._fresh)
 
     def _fits(self, msg: OutMessage) -> bool:
         size = message_size(msg)
@@ -285,18 +312,20 @@ class Outbox:
         """Up to ``limit`` stored messages (of ``kinds`` only, when given), oldest first, that are not in flight."""
         if limit <= 0:
             return []
+        wanted = tuple(kinds) if kinds is not None else KINDS
         with self._lock:
             if self._closed:
                 return []
-            skip = self._inflight | self._acked
-            wanted = tuple(kinds) if kinds is not None else KINDS
-            marks = ",".join("?" * len(wanted))
+            if self._cold() == 0:  # every pending message is in memory: no read
+                return list(itertools.islice((m for m in self._fresh.values() if m.kind in wanted), limit))
+            skip = self._inflight.keys() | self._acked
+            where = "" if kinds is None else f"WHERE kind IN ({','.join('?' * len(wanted))}) "
             try:
                 # Ids first: messages in flight or acknowledged are skipped without reading their payloads (a
                 # row's id is in its first page; a crop's JPEG is in overflow pages only read when asked for).
                 ids = self._conn.execute(
-                    f"SELECT seq, id FROM messages WHERE kind IN ({marks}) ORDER BY seq LIMIT ?",
-                    (*wanted, limit + len(skip)),
+                    f"SELECT seq, id FROM messages {where}ORDER BY seq LIMIT ?",
+                    (*(wanted if where else ()), limit + len(skip)),
                 ).fetchall()
                 seqs = [seq for seq, msg_id in ids if msg_id not in skip][:limit]
                 rows = (
@@ -311,20 +340,25 @@ class Outbox:
             except sqlite3.Error as exc:
                 self._drops.log("read_error", f"cannot read {self._path}: {exc}")
                 return []
-        return [
-            OutMessage(id=r[0], topic=r[1], payload=bytes(r[2]), kind=r[3], created=r[4], retain=bool(r[5]))
-            for r in rows
-        ]
+            out = [
+                OutMessage(id=r[0], topic=r[1], payload=bytes(r[2]), kind=r[3], created=r[4], retain=bool(r[5]))
+                for r in rows
+            ]
+            self._batch_sizes = {m.id: message_size(m) for m in out}
+            return out
 
     def mark_inflight(self, ids: Iterable[str]) -> None:
         """Hide ``ids`` from next_batch until ack() or release(): they await a PUBACK."""
         with self._lock:
-            self._inflight.update(ids)
+            for msg_id in ids:
+                msg = self._fresh.pop(msg_id, None)
+                self._inflight[msg_id] = message_size(msg) if msg is not None else self._batch_sizes.get(msg_id)
 
     def release(self, ids: Iterable[str]) -> None:
         """Make in-flight messages pending again (their publish failed before reaching the wire)."""
         with self._lock:
-            self._inflight.difference_update(ids)
+            for msg_id in ids:
+                self._inflight.pop(msg_id, None)  # pending again, read from the file next time
 
     def release_all(self) -> None:
         with self._lock:
@@ -339,19 +373,24 @@ class Outbox:
         """The broker has the message: it leaves the outbox (its row is deleted by a later write, see the module
         docstring). Never raises for SQLite errors (it runs in paho's thread)."""
         with self._lock:
-            self._inflight.discard(msg_id)
+            size = self._inflight.pop(msg_id, None)
             if self._closed or msg_id in self._acked:
                 return
-            try:
-                row = self._conn.execute("SELECT size FROM messages WHERE id = ?", (msg_id,)).fetchone()
-            except sqlite3.Error as exc:
-                self._drops.log("ack_error", f"cannot read acked message {msg_id} from {self._path}: {exc}")
-                return
-            if row is None:  # a duplicate PUBACK, or the message was evicted or expired meanwhile
-                return
+            fresh = self._fresh.pop(msg_id, None)
+            if fresh is not None:
+                size = message_size(fresh)
+            if size is None:
+                try:
+                    row = self._conn.execute("SELECT size FROM messages WHERE id = ?", (msg_id,)).fetchone()
+                except sqlite3.Error as exc:
+                    self._drops.log("ack_error", f"cannot read acked message {msg_id} from {self._path}: {exc}")
+                    return
+                if row is None:  # a duplicate PUBACK, or the message was evicted or expired meanwhile
+                    return
+                size = int(row[0])
             self._acked.add(msg_id)
             self._depth -= 1
-            self._bytes -= row[0]
+            self._bytes -= size
             full = len(self._acked) >= ACK_BATCH
         if full:
             self.sync_acks()
@@ -359,7 +398,8 @@ class Outbox:
     def drop(self, msg_id: str, reason: str = DROP_REJECTED) -> None:
         """Delete a message that will never be delivered and count it as a drop for ``reason``."""
         with self._lock:
-            self._inflight.discard(msg_id)
+            self._inflight.pop(msg_id, None)
+            self._fresh.pop(msg_id, None)
             if self._closed or msg_id in self._acked:
                 return
             conn = self._conn
@@ -402,7 +442,8 @@ class Outbox:
                 return 0
             expired = 0
             for msg_id, kind, size in rows:
-                self._inflight.discard(msg_id)
+                self._inflight.pop(msg_id, None)
+                self._fresh.pop(msg_id, None)
                 if msg_id in self._acked:  # delivered: no longer counted, not a loss
                     self._acked.discard(msg_id)
                     continue

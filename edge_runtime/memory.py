@@ -229,36 +229,29 @@ def read_cgroup_charge(pid: int | str = "self") -> CgroupCharge | None:
             v2_rel = parts[2]
         elif "memory" in parts[1].split(","):
             v1_rel = parts[2]
-    if v2_mount and v2_rel is not None:
-        base = Path(v2_mount) / v2_rel.lstrip("/")
-        current = _read_number(base / "memory.current")
-        if current is not None:
-            stat = _memory_stat(base / "memory.stat")
-            peak = _read_number(base / "memory.peak")
-            return CgroupCharge(
-                str(v2_rel),
-                2,
-                current / MIB,
-                None if peak is None else peak / MIB,
-                stat.get("anon", 0.0) / MIB,
-                stat.get("file", 0.0) / MIB,
-                _count_lines(base / "cgroup.procs"),
-            )
-    if v1_mount and v1_rel is not None:
-        base = Path(v1_mount) / v1_rel.lstrip("/")
-        current = _read_number(base / "memory.usage_in_bytes")
-        if current is not None:
-            stat = _memory_stat(base / "memory.stat")
-            peak = _read_number(base / "memory.max_usage_in_bytes")
-            return CgroupCharge(
-                str(v1_rel),
-                1,
-                current / MIB,
-                None if peak is None else peak / MIB,
-                (stat.get("rss", 0.0) + stat.get("shmem", 0.0)) / MIB,
-                stat.get("cache", 0.0) / MIB,
-                _count_lines(base / "cgroup.procs"),
-            )
+    # (version, mount, path in it, current, peak, anonymous keys, page-cache keys) of each hierarchy's files.
+    layouts = (
+        (2, v2_mount, v2_rel, "memory.current", "memory.peak", ("anon",), ("file",)),
+        (1, v1_mount, v1_rel, "memory.usage_in_bytes", "memory.max_usage_in_bytes", ("rss", "shmem"), ("cache",)),
+    )
+    for version, mount, rel, current_file, peak_file, anon_keys, file_keys in layouts:
+        if not mount or rel is None:
+            continue
+        base = Path(mount) / rel.lstrip("/")
+        current = _read_number(base / current_file)
+        if current is None:
+            continue
+        stat = _memory_stat(base / "memory.stat")
+        peak = _read_number(base / peak_file)
+        return CgroupCharge(
+            rel,
+            version,
+            current / MIB,
+            None if peak is None else peak / MIB,
+            sum(stat.get(k, 0.0) for k in anon_keys) / MIB,
+            sum(stat.get(k, 0.0) for k in file_keys) / MIB,
+            _count_lines(base / "cgroup.procs"),
+        )
     return None
 
 

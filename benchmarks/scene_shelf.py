@@ -10,7 +10,8 @@ Printed per scenario and overall:
 - slot-state accuracy over every frame and slot (a slot still ``unknown`` at the start counts as wrong), and
   precision/recall per state;
 - ``slot_changed`` precision and recall: a truth change is found by an event of the same slot and state (and
-  SKU, for misplaced) within ``EVENT_WINDOW_S`` after it; the first state of each slot is not an event;
+  SKU, when a known product is misplaced) within ``EVENT_WINDOW_S`` after it; a slot's first state is not an
+  event. A product no catalogue holds standing in a slot is a misplaced slot in the truth;
 - how well each emptiness cue tells an empty facing from a filled one, and from a product the catalogue lacks
   (AUROC, occluded frames left out): the head's OOD score, the texture measure, the empty-shelf match;
 - milliseconds per frame of ``ShelfScene.update`` on one OpenCV thread, besides inference.
@@ -171,7 +172,8 @@ def _score(sc: ShelfScenario, states: States, events: list[SlotChange], fps: flo
     delays: list[float] = []
     for frame, slot, (state, sku) in wanted:
         for k, e in enumerate(said):
-            if k in used or e.slot_id != slot or e.state != state or (state == "misplaced" and e.sku != sku):
+            # A product no catalogue holds has no SKU to get right: its slot being called misplaced is the event.
+            if k in used or e.slot_id != slot or e.state != state or (sku is not None and e.sku != sku):
                 continue
             if 0 <= e.frame_id - frame <= EVENT_WINDOW_S * fps:
                 used.add(k)

@@ -6,8 +6,9 @@ synthetic demo packages (``synthetic_appearances``) or grocery photos (``grocery
 products, out of the catalogue a bundle is built from). Each scenario is a timeline of what stands on every
 facing (the planogram's product, a wrong known product, a product no catalogue holds, nothing), hands and
 shoppers passing in front, and the light. The truth per frame is the physical slot state, with the rule the
-shelf scene uses: misplaced when a facing holds a wrong known product, empty when every facing is empty,
-present otherwise (a product nobody catalogued counts as present: it is not an empty slot).
+shelf scene uses for facings: misplaced when a facing holds a product other than the planogram's (a known one,
+with its SKU, or one no catalogue holds, without: it is not an empty slot, nor the right product), empty when
+every facing is empty, present otherwise.
 
 ``shelf_scenarios`` lists them; ``write_shelf_scenario`` writes the video, ``<video>.labels.json`` (planogram,
 truth per frame, the changes) and, where the back is patterned, the photo of the empty shelf an installer would
@@ -165,11 +166,11 @@ class ShelfScenario:
         return out
 
     def truth(self, frame: int) -> dict[str, tuple[str, str | None]]:
-        """Slot id -> (physical state, the wrong SKU when misplaced) at ``frame``."""
+        """Slot id -> (physical state, the wrong SKU when misplaced by a known product) at ``frame``."""
         per_slot: dict[int, list[tuple[str, str | None]]] = {}
         for f, ((slot, _), kind) in enumerate(zip(self.facing_boxes(), self.facing_truth(frame), strict=True)):
             what = self.content_at(f, frame)
-            state = {"empty": "empty", "wrong": "misplaced"}.get(kind, "present")
+            state = {"empty": "empty", "wrong": "misplaced", "stranger": "misplaced"}.get(kind, "present")
             per_slot.setdefault(slot, []).append((state, what[0] if what is not None and kind == "wrong" else None))
         out: dict[str, tuple[str, str | None]] = {}
         for slot, states in per_slot.items():

@@ -54,10 +54,10 @@ def test_truth_follows_the_restock_timeline():
     assert len(sc.hands) == 6 + 6
 
 
-def test_unknown_products_count_as_present_and_the_light_changes():
+def test_unknown_products_are_wrong_products_and_the_light_changes():
     _, unknown, lighting, pegboard = shelf_scenarios(0, frames=120)
-    assert "stranger" in unknown.facing_truth(0)
-    assert unknown.truth(0)["A1"] == ("present", None)
+    assert unknown.facing_truth(0)[0] == "stranger"
+    assert unknown.truth(0)["A1"] == ("misplaced", None)  # the wrong product, which has no SKU code
     assert lighting.gain(0) == (1.0, 0.0) and lighting.gain(50) == (0.55, 0.35)
     assert pegboard.patterned and not lighting.patterned
 

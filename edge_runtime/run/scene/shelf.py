@@ -19,12 +19,15 @@ A facing changes state only after the new observation has held for ``hold_frames
 and ``hold_s`` seconds, so a hand reaching past, a shopper in front or a flicker does not flap it (its first
 state is taken from the first frame: there is nothing yet to protect, and a wrong first look is corrected like
 any other change). A slot is misplaced when any of its facings is, empty when all are, present otherwise.
-Each change of a slot's state (or of the SKU found in a misplaced slot) is one ``SlotChange``, the
-``slot_changed`` event (``previous`` is ``"unknown"`` for the first), stamped with the frame that confirmed it
-(``state()``'s ``since`` is when the new state was first seen). ``state()`` is the body of the retained
-``edge.shelf/1`` message: per slot its state, the SKU seen, since when and how many facings are filled;
-filled facings per SKU; and share-of-shelf per SKU and per group, by count of facings and by their area in
-pixels (a present facing counts for the planogram's SKU, a misplaced one for the SKU the head named).
+Each change of a slot's state is one ``SlotChange``, the ``slot_changed`` event (``previous`` is
+``"unknown"`` for the first), stamped with the frame that confirmed it (``state()``'s ``since`` is when the new
+state was first seen). A misplaced slot names the SKU the head named most often since; revising it is no event,
+so a product the head cannot pin down does not flap between the SKUs it resembles.
+
+``state()`` is the body of the retained ``edge.shelf/1`` message: per slot its state, the SKU seen, since when
+and how many facings are filled; filled facings per SKU; and share-of-shelf per SKU and per group, by count of
+facings and by their area in pixels (a present facing counts for the planogram's SKU, a misplaced one for the
+SKU the head named).
 
 Per-frame cost without inference: one resize to a small grey image, two Sobel passes and integral images,
 then O(1) per block of each facing (``benchmarks/scene_shelf.py`` reports it).
@@ -33,8 +36,9 @@ then O(1) per block of each facing (``benchmarks/scene_shelf.py`` reports it).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cv2
@@ -76,9 +80,11 @@ class _Facing:
     state: SlotState = "unknown"
     sku: str | None = None  # misplaced: the SKU seen; present: the expected SKU when the head names it
     decision: Decision | None = None  # the latest decision that agreed with the stable state
-    candidate: tuple[str, str | None] | None = None  # (state, misplaced SKU) being held
+    skus: Counter[str] = field(default_factory=Counter)  # misplaced: how often each other SKU was named
+    candidate: SlotState | None = None  # the new state being held
     candidate_frames: int = 0
     candidate_since: float = 0.0
+    candidate_skus: Counter[str] = field(default_factory=Counter)
     since: float = 0.0
 
 
@@ -178,24 +184,39 @@ class ShelfScene:
         return "present", None
 
     def _observe(self, facing: _Facing, seen: tuple[SlotState, str | None], decision: Decision, ts: float) -> None:
+        state, sku = seen
         # A present facing names its SKU only when the head names the expected one (a less sure other SKU is
         # not evidence enough to name it, as it was not to call the slot misplaced).
         named = decision.sku if decision.sku == self.config.slots[facing.slot].sku else None
-        if seen == (facing.state, facing.sku if facing.state == "misplaced" else None):
+        if state == facing.state:
             facing.candidate, facing.candidate_frames = None, 0
-            facing.decision = decision
-            if facing.state == "present":
-                facing.sku = named
+            if state == "misplaced" and sku is not None:
+                # The hold is on the state; which SKU a misplaced facing holds is the one named most often, so a
+                # product the head cannot pin down does not flap between the SKUs it resembles.
+                facing.skus[sku] += 1
+                facing.sku = facing.skus.most_common(1)[0][0]
+                if sku == facing.sku:
+                    facing.decision = decision
+            else:
+                facing.decision = decision
+                facing.sku = named if state == "present" else None
             return
-        if seen != facing.candidate:
-            facing.candidate, facing.candidate_frames, facing.candidate_since = seen, 0, ts
+        if state != facing.candidate:
+            facing.candidate, facing.candidate_frames, facing.candidate_since = state, 0, ts
+            facing.candidate_skus.clear()
         facing.candidate_frames += 1
+        if sku is not None:
+            facing.candidate_skus[sku] += 1
         held = facing.candidate_frames >= self.config.hold_frames and ts - facing.candidate_since >= self.config.hold_s
         # The first observation is taken at once: there is no state yet to protect from flapping, and a retained
         # state from the first frame beats "unknown" for the hold; a wrong first look is corrected like any change.
         if held or facing.state == "unknown":
-            facing.state, facing.since, facing.decision = seen[0], facing.candidate_since, decision
-            facing.sku = seen[1] if seen[0] == "misplaced" else named if seen[0] == "present" else None
+            facing.state, facing.since, facing.decision = state, facing.candidate_since, decision
+            facing.skus = Counter(facing.candidate_skus)
+            if state == "misplaced":
+                facing.sku = facing.skus.most_common(1)[0][0]
+            else:
+                facing.sku = named if state == "present" else None
             facing.candidate, facing.candidate_frames = None, 0
 
     def _slot_state(self, members: list[_Facing]) -> tuple[SlotState, _Facing]:
@@ -217,7 +238,7 @@ class ShelfScene:
             slot, spec = self._slots[i], self.config.slots[i]
             state, deciding = self._slot_state(members)
             sku = deciding.sku if state in ("misplaced", "present") else None
-            if state == slot.state and (state != "misplaced" or sku == slot.sku):
+            if state == slot.state:  # the SKU of a misplaced slot may be revised without an event
                 slot.sku = sku
                 continue
             previous = slot.state

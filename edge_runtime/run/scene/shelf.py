@@ -39,7 +39,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cv2
 import numpy as np
@@ -81,7 +81,7 @@ class _Facing:
     sku: str | None = None  # misplaced: the SKU seen; present: the expected SKU when the head names it
     decision: Decision | None = None  # the latest decision that agreed with the stable state
     skus: Counter[str] = field(default_factory=Counter)  # misplaced: how often each other SKU was named
-    candidate: SlotState | None = None  # the new state being held
+    candidate: str | None = None  # the new state being held
     candidate_frames: int = 0
     candidate_since: float = 0.0
     candidate_skus: Counter[str] = field(default_factory=Counter)
@@ -171,20 +171,31 @@ class ShelfScene:
         self.emptiness.refresh(grad, [f.state == "empty" and e for f, e in zip(self._facings, empty, strict=True)])
         return self._slot_changes(frame_id, ts)
 
-    def _classify(self, facing: _Facing, is_empty: bool, decision: Decision) -> tuple[SlotState, str | None]:
+    def _classify(self, facing: _Facing, is_empty: bool, decision: Decision) -> tuple[str, str | None]:
+        """What one frame says about a facing: empty, present (the head names the expected SKU), misplaced
+        (a confident other SKU) or occupied (something the head cannot name with confidence)."""
         if is_empty:
             return "empty", None
         expected = self.config.slots[facing.slot].sku
-        if decision.sku is None or decision.sku == expected or decision.route == "unknown":
+        if decision.sku is None or decision.route == "unknown":
+            return "occupied", None
+        if decision.sku == expected:
             return "present", None
         if decision.route == "accept" or self._misplaced_route == "verify":
             return "misplaced", decision.sku
         if self._misplaced_route == "group" and decision.group != self._skus[expected].group:
             return "misplaced", decision.sku
-        return "present", None
+        return "occupied", None
 
-    def _observe(self, facing: _Facing, seen: tuple[SlotState, str | None], decision: Decision, ts: float) -> None:
+    def _observe(self, facing: _Facing, seen: tuple[str, str | None], decision: Decision, ts: float) -> None:
         state, sku = seen
+        if state == "occupied":
+            if facing.state in ("present", "misplaced"):
+                # An unsure look neither confirms nor contradicts what stands there: a product the head cannot
+                # pin down would otherwise flap between present and misplaced. It leaves any change being held
+                # as it is.
+                return
+            state = "present"  # after empty (or at start), something is there that is not confidently wrong
         # A present facing names its SKU only when the head names the expected one (a less sure other SKU is
         # not evidence enough to name it, as it was not to call the slot misplaced).
         named = decision.sku if decision.sku == self.config.slots[facing.slot].sku else None
@@ -211,7 +222,7 @@ class ShelfScene:
         # The first observation is taken at once: there is no state yet to protect from flapping, and a retained
         # state from the first frame beats "unknown" for the hold; a wrong first look is corrected like any change.
         if held or facing.state == "unknown":
-            facing.state, facing.since, facing.decision = state, facing.candidate_since, decision
+            facing.state, facing.since, facing.decision = cast(SlotState, state), facing.candidate_since, decision
             facing.skus = Counter(facing.candidate_skus)
             if state == "misplaced":
                 facing.sku = facing.skus.most_common(1)[0][0]

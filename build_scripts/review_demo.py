@@ -119,20 +119,25 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "review-demo")
     parser.add_argument("--interactive", action="store_true", help="label in your browser instead of the script")
     parser.add_argument("--screenshot", type=Path, help="save a screenshot of the queue (needs chromium + selenium)")
+    parser.add_argument("--reuse-bundle", action="store_true", help="keep OUT/v1/bundle from an earlier run")
     args = parser.parse_args()
     binary = find_mosquitto()
     if binary is None:
         sys.exit("review-demo needs mosquitto (make sysdeps)")
     out = args.out
+    keep = out / "v1"
+    reuse = args.reuse_bundle and (keep / "bundle" / "manifest.json").is_file()
     if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        for child in out.iterdir():
+            if not (reuse and child == keep):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     cache = default_cache_dir()
     catalogue = generate_demo_catalogue(cache / "demo-catalogue", unknown_dir=cache / "demo-unknown")
     new_products = sorted(p for p in (cache / "demo-unknown").iterdir() if p.is_dir())[:2]
     (out / "profile.toml").write_text(PROFILE)
     t0 = time.perf_counter()
-    v1 = build(out / "profile.toml", [catalogue], out / "v1")
+    v1 = keep / "bundle" if reuse else build(out / "profile.toml", [catalogue], keep)
     print(f"1. bundle v1 of the demo catalogue: {v1} ({time.perf_counter() - t0:.0f} s)")
     photos = out / "photos"
     photos.mkdir()

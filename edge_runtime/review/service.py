@@ -87,15 +87,21 @@ class ReviewServer:
         if self._stopped:
             return
         self._stopped = True
-        self._http.shutdown()
-        self._thread.join(10)
-        self._http.server_close()
-        self.collector.close()
-        self.feedback.flush(5.0)
-        self.feedback.close()
-        if self._embedder is not None:
-            self._embedder.close()
-        self.store.engine.dispose()
+        steps = [
+            self._http.shutdown,
+            lambda: self._thread.join(10),
+            self._http.server_close,
+            self.collector.close,
+            lambda: self.feedback.flush(5.0),
+            self.feedback.close,
+            self._embedder.close if self._embedder is not None else (lambda: None),
+            self.store.engine.dispose,
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception:  # one part failing to stop must not leave the others running
+                log.exception("edge-review: error while stopping")
 
     def __enter__(self) -> ReviewServer:
         return self

@@ -195,6 +195,17 @@ def loop(tmp_path_factory: pytest.TempPathFactory, reviewers_file: Path) -> Iter
         broker.kill()
 
 
+def _flash(driver: Any) -> str:
+    """The page's message line; "" while the page is reloading (after a form post) or has none."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(driver.find_element(By.ID, "flash").text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def _login(driver: Any, url: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -278,19 +289,19 @@ def test_page_labels_a_group_as_a_new_product_and_feedback_moves_device_counters
         active.send_keys(NEW_CODE)
         biggest.find_element(By.CSS_SELECTOR, "input.new-name").send_keys("Pineapple Gold")
         biggest.find_element(By.CSS_SELECTOR, "input.new-group").send_keys("Fruit" + Keys.ENTER)
-        _wait(lambda: "new:" in driver.find_element(By.ID, "flash").text, 10, "the label")
-        assert f"{labelled_size} event(s) as {NEW_CODE}" in driver.find_element(By.ID, "flash").text
+        _wait(lambda: "new:" in _flash(driver), 10, "the label")
+        assert f"{labelled_size} event(s) as {NEW_CODE}" in _flash(driver)
         driver.save_screenshot(str(loop.root / "review-page.png"))
         # x on the first item, then u: undo puts it back.
         first = driver.find_element(By.CSS_SELECTOR, "section.item").get_attribute("data-key")
         driver.find_element(By.TAG_NAME, "body").send_keys("x")
-        _wait(lambda: "not_product:" in driver.find_element(By.ID, "flash").text, 10, "not a product")
+        _wait(lambda: "not_product:" in _flash(driver), 10, "not a product")
         driver.find_element(By.TAG_NAME, "body").send_keys("u")
-        _wait(lambda: "undone: not_product" in driver.find_element(By.ID, "flash").text, 10, "the undo")
+        _wait(lambda: "undone: not_product" in _flash(driver), 10, "the undo")
         assert driver.find_element(By.CSS_SELECTOR, "section.item").get_attribute("data-key") == first
         # 1 confirms the device's best candidate of the first item.
         driver.find_element(By.TAG_NAME, "body").send_keys("1")
-        _wait(lambda: "confirm:" in driver.find_element(By.ID, "flash").text, 10, "the confirmation")
+        _wait(lambda: "confirm:" in _flash(driver), 10, "the confirmation")
     store = loop.server.store
     labelled = store.labelled()
     new = [e for e in labelled if e.label == "new"]

@@ -220,6 +220,7 @@ def _evaluate(bundle_dir: Path, out_dir: Path, seed: int, frames: int) -> dict[s
         back: {"empty": [], "expected": [], "wrong": [], "stranger": []} for back in ("plain", "pegboard")
     }
     ms: list[float] = []
+    ms_best: list[float] = []
     with contextlib.ExitStack() as stack:
         rec = _Recogniser(bundle_dir, stack)
         skus = list(rec.head.skus)
@@ -241,13 +242,19 @@ def _evaluate(bundle_dir: Path, out_dir: Path, seed: int, frames: int) -> dict[s
                 states, events, seconds, cues = _replay(config, skus, images, decisions, meta_fps)
                 per[sc.name + suffix] = _score(sc, states, events, meta_fps)
                 if not suffix:
+                    # Two more passes: each frame's best of three takes the other jobs' bursts out of the figure
+                    # (the first pass's mean keeps them).
+                    again = [_replay(config, skus, images, decisions, meta_fps)[2] for _ in range(2)]
                     ms += [s * 1000 for s in seconds]
+                    ms_best += [min(t) * 1000 for t in zip(seconds, *again, strict=True)]
                     for k, v in _cue_aucs(sc, cues, decisions, occluded).items():
                         cue_rows["pegboard" if sc.patterned else "plain"][k] += v
     main_rows = [v for k, v in per.items() if "(" not in k]
     overall = _summary(main_rows)
     overall["ms_per_frame_p50"] = float(statistics.median(ms))
     overall["ms_per_frame_mean"] = float(statistics.fmean(ms))
+    overall["ms_per_frame_best_of_3_p50"] = float(statistics.median(ms_best))
+    overall["ms_per_frame_best_of_3_max"] = float(max(ms_best))
     for back, rows in cue_rows.items():
         overall.update({f"{back}_{k}": v for k, v in _cue_summary(rows).items()})
     return {"scenarios": {k: _summary([v]) for k, v in per.items()}, "overall": overall}
@@ -327,7 +334,9 @@ def _print(report: dict[str, Any], label: str) -> None:
     o = report["overall"]
     print(_row("overall (profile defaults)", o))
     print(
-        f"ShelfScene.update: {o['ms_per_frame_p50']:.3f} ms per frame p50, {o['ms_per_frame_mean']:.3f} mean (1 thread)"
+        f"ShelfScene.update (1 OpenCV thread): {o['ms_per_frame_p50']:.3f} ms per frame p50,"
+        f" {o['ms_per_frame_mean']:.3f} mean; each frame's best of 3 passes: {o['ms_per_frame_best_of_3_p50']:.3f}"
+        f" p50, {o['ms_per_frame_best_of_3_max']:.3f} max"
     )
     print("emptiness cues, AUROC of telling an empty facing from a filled one / from a product the catalogue lacks:")
     for back in ("plain", "pegboard"):

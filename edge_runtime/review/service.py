@@ -137,6 +137,8 @@ def start_server(opts: ServeOptions) -> ReviewServer:
         ),
         secret_key=secrets.token_bytes(32),
     )
+    # werkzeug logs every request at INFO (crop fetches by the dozen); refusals and errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         http = make_server(opts.bind, opts.port, app, threaded=True)
     except OSError as exc:

@@ -40,6 +40,7 @@ from edge_runtime.preprocess import prepare, read_image
 from edge_runtime.review.auth import add_reviewer
 from edge_runtime.review.collector import BrokerOptions
 from edge_runtime.review.service import ServeOptions, export, start_server
+from edge_runtime.review.store import ReviewStore
 from edge_runtime.run.pipeline import RunOptions, run
 from edge_runtime.run.startup import bundle_profile, manifest_image_input, open_backend
 
@@ -70,20 +71,28 @@ def build(profile: Path, catalogues: list[Path], out: Path, history: Path | None
     return out / "bundle"
 
 
-def label_largest_group(url: str, user: str, password: str, code: str, name: str, group: str) -> int:
-    """Log in and label the largest group as a new product, as a reviewer's browser would; its size."""
+def label_group(url: str, user: str, password: str, ids: list[str], code: str, name: str, group: str) -> None:
+    """Log in and label ``ids`` as a new product through the page's own form, as a reviewer's browser would."""
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     form = urllib.parse.urlencode({"user": user, "password": password, "next": "/"}).encode()
     page = opener.open(url + "/login", data=form, timeout=10).read().decode()
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)
-    sizes = [int(s) for s in re.findall(r'data-size="(\d+)"', page)]
-    ids = re.findall(r'name="event_ids" value="([^"]+)"><input type="hidden" name="kind" value="new"', page)
-    if not (csrf and sizes and len(ids) == len(sizes)):
-        sys.exit("the review page holds no group to label")
-    chosen = ids[int(np.argmax(sizes))]
-    body = {"csrf": csrf.group(1), "event_ids": chosen, "kind": "new", "sku": code, "name": name, "group": group}
-    opener.open(url + "/label", data=urllib.parse.urlencode(body).encode(), timeout=10)
-    return len(chosen.split(","))
+    if csrf is None:
+        sys.exit("could not log in to the review page")
+    body = {"csrf": csrf.group(1), "event_ids": ",".join(ids), "kind": "new", "sku": code, "name": name}
+    opener.open(url + "/label", data=urllib.parse.urlencode({**body, "group": group}).encode(), timeout=10)
+
+
+def pick_group(store: ReviewStore, products: list[str]) -> tuple[str, list[str]]:
+    """What the reviewer's eyes do here: the largest group of one new product, and which of its crops show that
+    product (the photo's file name says; a reviewer unticks the others)."""
+    best: tuple[str, list[str]] = ("", [])
+    for item in store.queue():
+        for product in products:
+            mine = [e.id for e in item.events if e.source_ref.startswith(product + "-")]
+            if len(mine) > len(best[1]):
+                best = (product, mine)
+    return best
 
 
 def screenshot(url: str, user: str, password: str, path: Path) -> None:
@@ -169,13 +178,16 @@ def main() -> int:
                   f"stored {stats['events']} events in {stats['groups']} groups")  # fmt: skip
             if args.screenshot:
                 screenshot(server.url, "demo", password, args.screenshot)
-            code, name = new_products[0].name + "-new", new_products[0].name.replace("-", " ").title()
             if args.interactive:
                 print(f"   label a group as a new product in {server.url}, then press Enter here")
                 input()
             else:
-                n = label_largest_group(server.url, "demo", password, code, name, "New")
-                print(f"4. labelled the largest group ({n} crops) as the new product {code}")
+                product, ids = pick_group(server.store, [p.name for p in new_products])
+                if not ids:
+                    sys.exit("no crop of a new product reached the review queue")
+                code, name = f"{product}-new", product.replace("-", " ").title()
+                label_group(server.url, "demo", password, ids, code, name, "New")
+                print(f"4. labelled {len(ids)} crops of {product} (its largest group) as the new product {code}")
             server.feedback.flush(10)
         finally:
             server.stop()

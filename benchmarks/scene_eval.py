@@ -9,7 +9,8 @@ pieces edge-run runs: the learned-basket proposals, ``prepare_batch``, the bundl
 and head, then ``CartScene``. Printed:
 
 - event precision and recall: a truth ``added``/``removed`` is found by a predicted event of the same type
-  within ``WINDOW_S`` and with the right SKU (a new product: no SKU); overall and for known products;
+  within ``WINDOW_S`` and with the right SKU (a new product: no SKU); overall and for known products; and
+  ``detected``: the same without the SKU (the scene's own part: proposals, tracking, settle and gone rules);
 - contents exact: sessions whose final contents (SKU counts, unknown counted apart) equal the truth;
 - the track-vs-frame table over the added objects: the track's fused decision against its best single frame
   (the observation the head was most confident about): top-1 on known products, new-product detection (route
@@ -177,10 +178,22 @@ def score_events(results: list[SessionResult], known: set[str]) -> dict[str, flo
     """Event precision/recall (type, window, SKU), overall and for known products; contents exact."""
     tp = fp = fn = 0
     tp_k = fp_k = fn_k = 0
+    found = predicted_total = 0  # the scene's own part: type and window, whatever SKU the head named
     exact = 0
     for r in results:
         fps = r.scenario.fps
         predicted = [e for e in r.events if e.type in ("added", "removed")]
+        predicted_total += len(predicted)
+        seen: set[int] = set()
+        for gt in r.scenario.events:
+            j = next(
+                (j for j, e in enumerate(predicted) if j not in seen and e.type == gt.type
+                 and gt.frame - 0.5 * fps <= e.frame_id <= gt.frame + WINDOW_S * fps),
+                None,
+            )  # fmt: skip
+            if j is not None:
+                seen.add(j)
+                found += 1
         used: set[int] = set()
         for gt in r.scenario.events:
             want = _truth_sku(gt.sku, known)
@@ -207,7 +220,10 @@ def score_events(results: list[SessionResult], known: set[str]) -> dict[str, flo
         unknown = sum(v for k, v in r.scenario.contents.items() if k not in known)
         got = Counter({row["sku"]: row["count"] for row in r.contents["items"]})
         exact += got == truth and r.contents["unknown"] == unknown
+    truth_total = sum(len(r.scenario.events) for r in results)
     return {
+        "detected_precision": found / max(1, predicted_total),
+        "detected_recall": found / max(1, truth_total),
         "event_precision": tp / max(1, tp + fp),
         "event_recall": tp / max(1, tp + fn),
         "event_precision_known": tp_k / max(1, tp_k + fp_k),
@@ -321,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.sessions} sessions in {time.time() - t0:.0f} s")
     ev = score_events(results, rec.skus)
     print("\ncart events (type, window, SKU right):")
-    for key in ("event_precision", "event_recall", "event_precision_known", "event_recall_known", "contents_exact"):
+    keys = ("detected_precision", "detected_recall", "event_precision", "event_recall")
+    for key in (*keys, "event_precision_known", "event_recall_known", "contents_exact"):
         print(f"  {key:24s} {ev[key]:.3f}")
     print(f"  truth events            {ev['events_truth']:.0f}")
     table = track_vs_frame(results, rec.skus)

@@ -561,6 +561,7 @@ def test_bad_feedback_is_counted_by_reason_and_never_fatal(
 # --------------------------------------------------------------------------- edge-review (tests/review/robust.py)
 
 
+@pytest.mark.slow  # about 13 s: a broker outage with the collector's reconnect backoff
 def test_review_refuses_bad_input_and_survives_outages(work: Path, mosquitto_factory: Any) -> None:
     pytest.importorskip("flask", reason="edge-review needs the [review] extra")
     from tests.review.robust import check_review_robustness

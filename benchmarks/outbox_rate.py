@@ -12,6 +12,12 @@ message with a 320-px JPEG crop of about 25 kB), each serialised to JSON per mes
 
 Sustained rate = messages / (first send until the last PUBACK). The outbox's state directory is on the disk
 this checkout lives on (not /tmp, which may be a RAM disk that makes fsync free); its filesystem is printed.
+
+Then, at a camera's pace (``--fps``, 50 by default, ``--frames`` frames): what the publish path costs per frame,
+a results message and an unknown message with its crop per frame, handed over as edge-run's publish thread does
+(``send_many``: one transaction per frame, where the publisher has it; ``send`` per message otherwise): CPU
+milliseconds per frame by thread (the caller's, the sender's, paho's network thread) and the wall time of the
+hand-over, which is what the publish thread waits (the fsync).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from _common import CACHE, broker, machine_line
 from paho.mqtt.enums import CallbackAPIVersion
+from publish_ratio import ThreadCpu
 
 from edge_runtime.run.mqtt import MqttPublisher
 from edge_runtime.run.outbox import Outbox
@@ -150,6 +157,56 @@ def via_paho(port: int, bodies: list[dict[str, Any]], topic: str) -> float:
     return len(bodies) / (t1 - t0)
 
 
+def per_frame(port: int, crop: str, frames: int, fps: float, state_root: Path) -> dict[str, float]:
+    """CPU ms per frame by thread, and the hand-over's wall ms, publishing one results and one crop message per
+    frame at ``fps`` (the first 20 frames are warm-up)."""
+    from edge_runtime.run import messages
+
+    data: Any = getattr(messages, "Base64Text", str)(crop)  # what encode_crop makes, where it exists
+    state = Path(tempfile.mkdtemp(prefix="outbox-frames-", dir=state_root))
+    outbox = Outbox(state / "outbox.sqlite3", max_bytes=1 << 30, ttl_s=3600.0)
+    publisher = MqttPublisher(host=HOST, port=port, device_id=f"frames-{uuid.uuid4().hex[:6]}", outbox=outbox)
+    cpu = ThreadCpu()
+    warmup, handover = 20, 0.0
+    before: dict[str, float] = {}
+    try:
+        publisher.start()
+        if not publisher.wait_connected(10):
+            raise RuntimeError("publisher did not connect")
+        cpu.start()
+        t0 = time.perf_counter()
+        for i in range(warmup + frames):
+            if i == warmup:
+                before = cpu.snapshot()
+            time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+            body = crop_message(i, "")
+            body["crop"]["data"] = data
+            batch = [("results", results_message(i)), ("unknown", body)]
+            t = time.perf_counter()
+            if hasattr(publisher, "send_many"):
+                publisher.send_many(batch)
+            else:
+                for topic, message in batch:
+                    publisher.send(topic, message)
+            handover += time.perf_counter() - t if i >= warmup else 0.0
+        if not publisher.flush(60):
+            raise RuntimeError("outbox did not drain")
+        after = cpu.snapshot()
+    finally:
+        cpu.stop()
+        publisher.close(publish_offline=False)
+        outbox.close()
+        shutil.rmtree(state, ignore_errors=True)
+    me = threading.current_thread().name
+    out = {
+        ("caller" if k == me else k): (after.get(k, 0.0) - before.get(k, 0.0)) / frames * 1000.0
+        for k in after
+        if k != "thread-cpu"
+    }
+    out["hand-over wall"] = handover / frames * 1000.0
+    return out
+
+
 def _filesystem(path: Path) -> str:
     best, kind = "", "unknown"
     try:
@@ -167,6 +224,9 @@ def main() -> int:
     parser.add_argument("--results", type=int, default=2000, help="results messages per run")
     parser.add_argument("--crops", type=int, default=300, help="crop messages per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=300, help="frames of the paced run (default 300)")
+    parser.add_argument("--fps", type=float, default=50.0, help="pace of the paced run (default 50)")
+    parser.add_argument("--paced-only", action="store_true", help="only the paced run, not the rates")
     args = parser.parse_args()
 
     state_root = CACHE / "bench"
@@ -183,7 +243,7 @@ def main() -> int:
             print("mosquitto not installed (make sysdeps): nothing to measure")
             return 0
         print(f"{'message':<10}{'bytes':>7}{'outbox msg/s':>14}{'send() /s':>11}{'paho msg/s':>12}{'outbox/paho':>13}")
-        for topic, bodies in kinds.items():
+        for topic, bodies in kinds.items() if not args.paced_only else ():
             size = len(json.dumps(bodies[0], separators=(",", ":")))
             out_rates, send_rates, paho_rates = [], [], []
             for _ in range(args.repeats):
@@ -197,8 +257,18 @@ def main() -> int:
                 f"{'':<10}runs: outbox {' '.join(f'{x:.0f}' for x in out_rates)}; "
                 f"paho {' '.join(f'{x:.0f}' for x in paho_rates)}"
             )
+        print(
+            "(outbox msg/s: first send() to the last PUBACK; send() /s: how fast the pipeline's publish thread can "
+            "store)"
+        )
+        runs = [per_frame(port, crop, args.frames, args.fps, state_root) for _ in range(args.repeats)]
+    cells = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
+    wall = cells.pop("hand-over wall")
     print(
-        "(outbox msg/s: first send() to the last PUBACK; send() /s: how fast the pipeline's publish thread can store)"
+        f"\nat {args.fps:g} frames/s, a results and a crop message per frame ({args.frames} frames, "
+        f"{args.repeats} repeats, medians): CPU ms per frame "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cells.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        + f"; all {sum(cells.values()):.2f}; hand-over wall {wall:.2f} ms"
     )
     return 0
 

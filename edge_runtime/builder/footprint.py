@@ -44,6 +44,8 @@ def tensor_queue_bytes(regions_per_frame: int, input_size: int) -> int:
 
 def regions_per_frame(profile: DeviceProfile) -> int:
     """The most regions edge-run embeds per frame with this profile: what its tensor queue is sized by."""
+    if profile.scene.kind == "shelf" and profile.scene.shelf is not None:
+        return sum(s.facings for s in profile.scene.shelf.slots)  # a shelf's facings replace [regions]
     r = profile.regions
     if r.mode == "full":
         return 1

@@ -141,8 +141,9 @@ def test_build_counts_every_frame_and_tensor_edge_run_can_hold() -> None:
     assert FRAME_QUEUE_DEPTH == run.FRAME_QUEUE + run.TENSOR_QUEUE + run.PUBLISH_QUEUE
     assert TENSOR_QUEUE_DEPTH == run.TENSOR_QUEUE
     assert tensor_queue_bytes(3, 224) == TENSOR_QUEUE_DEPTH * 3 * 3 * 224 * 224 * 4
-    shelf = load_profile("shelf-cam-v1")  # fixed shelf regions
-    assert regions_per_frame(shelf) == min(len(shelf.regions.fixed), shelf.regions.max_regions)
+    shelf = load_profile("shelf-cam-v1")  # a shelf scene: every facing of the planogram, every frame
+    assert shelf.scene.shelf is not None
+    assert regions_per_frame(shelf) == sum(s.facings for s in shelf.scene.shelf.slots) == 16
     assert load_profile("dev-cpu").regions.mode == "full" and regions_per_frame(load_profile("dev-cpu")) == 1
 
 

@@ -6,8 +6,10 @@ region the head recognises each processed frame. Each facing is observed as
 
 - **empty** when the emptiness test says so (shelf_empty.py: every block of the facing shows no edges for its
   brightness, or matches a photo of the empty shelf where the back is patterned). The head's verdict is not
-  used for this: an empty facing and a product the catalogue lacks can both come out ``unknown``, and the OOD
-  score's scale is the bundle's, while a profile threshold must hold across builds;
+  used for this: its route does not follow emptiness (on the demo bundle every empty facing went to
+  ``verify``), and although its OOD score ranks empty facings apart (AUROC 0.98 in benchmarks/scene_shelf.py),
+  that score's scale is each bundle's own, while a profile threshold must hold across builds. The image test
+  separated them completely there, with one fixed threshold, under a lighting change too;
 - **misplaced** when the head is confident the product is not the expected SKU (``misplaced_route``):
   ``accept`` = an auto-accepted other SKU; ``group`` (default) = that, or a ``verify`` SKU of another group than
   the expected one (sibling flavours are what a head confuses, a milk for crisps it rarely does); ``verify`` =

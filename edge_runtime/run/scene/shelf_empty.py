@@ -1,9 +1,10 @@
 """Is a facing empty? Image structure on a small grey frame, block by block, from integral images.
 
-The head cannot answer it alone: an empty facing shows the shelf's back panel, which is out of distribution
-like a product the catalogue lacks, so both can come out ``unknown``; where the OOD score does separate them
-(benchmarks/scene_shelf.py measures it), its scale is the bundle's and changes with every build, while a
-profile's threshold has to hold across builds. Image structure does not depend on the bundle:
+The head cannot answer it: an empty facing shows the shelf's back panel, out of distribution like a product
+the catalogue lacks, and its route does not follow emptiness (on the demo bundle every empty facing went to
+``verify``); the OOD score ranks empty facings apart (benchmarks/scene_shelf.py), but its scale is the bundle's
+and changes with every build, while a profile's threshold has to hold across builds. Image structure does not
+depend on the bundle:
 
 - each facing's inner 80 % (the shelf lip and the neighbours' edges stay out) is cut into a 3 x 3 grid of
   blocks. A facing is empty only when **every** block looks empty, so a narrow bottle standing in a wide

@@ -63,6 +63,7 @@ from edge_runtime.types import Decision
 EVENT_WINDOW_S = 6.0  # an event may come this long after the truth change (hold_frames/hold_s plus a hand)
 HOLD_FRAMES, HOLD_S = 3, 1.0  # a shelf camera at 2 processed frames per second
 STATES = ("present", "empty", "misplaced")
+DECISIONS = CACHE / "bench" / "shelf-decisions"  # the head's decisions per bundle and video, computed once
 States = list[dict[str, tuple[str, str | None]]]  # per frame: slot id -> (state, SKU)
 Cues = list[list[tuple[float, float | None]]]  # per frame, per facing: (texture, reference match)
 
@@ -101,9 +102,10 @@ class _Recogniser:
 def _decisions(
     rec: _Recogniser, sc: ShelfScenario, video: Path, images: list[np.ndarray], skus: list[Any]
 ) -> list[list[Decision]]:
-    """The head's decisions for every facing of every frame, kept next to the video per bundle and video."""
+    """The head's decisions for every facing of every frame, cached per bundle and video."""
     key = f"{rec.bundle.bundle_id.split(':')[-1][:12]}-{sha256_file(video)[:12]}"
-    cached = video.with_name(f"{sc.name}.{key}.decisions.json")
+    cached = DECISIONS / f"{sc.name}.{key}.decisions.json"  # kept whatever folder the videos go to
+    DECISIONS.mkdir(parents=True, exist_ok=True)
     if cached.is_file():
         rows = json.loads(cached.read_text(encoding="utf-8"))
         return [[_decision(d) for d in frame] for frame in rows]
@@ -210,7 +212,10 @@ def _looks_for(codes: set[str], seed: int) -> Appearances:
         grocery = grocery_appearances(GROCERY)
         if set(grocery.known) <= codes:
             return grocery
-    raise SystemExit("the bundle's catalogue is neither the demo catalogue nor the grocery shelf catalogue")
+    raise ValueError(
+        "the bundle's catalogue is neither the demo catalogue nor the grocery shelf catalogue: build it with"
+        " edge-build --profile dev-cpu (demo) or let --grocery build it"
+    )
 
 
 def _evaluate(bundle_dir: Path, out_dir: Path, seed: int, frames: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def test_a_real_crop_message_encodes_to_json_dumps_bytes() -> None:
     image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
     crop = encode_crop(image, max_side=160, quality=80)
     assert isinstance(crop["data"], Base64Text) and (crop["width"], crop["height"]) == (160, 120)
-    message = {"schema": "edge.verify/1", "id": "a1", "name": "Crème brûlée \"fine\"", "crop": crop, "score": 0.5}
+    message = {"schema": "edge.verify/1", "id": "a1", "name": 'Crème brûlée "fine"', "crop": crop, "score": 0.5}
     assert encode_json(message) == reference(message)
     assert json.loads(encode_json(message))["crop"]["data"] == crop["data"]
 

@@ -16,6 +16,10 @@ transaction without fsync when ``ACK_BATCH`` acks are pending or the publisher i
 In flight: which messages await a PUBACK is held in memory only, never written: after a restart every stored
 message is pending again and is resent (at-least-once), and marking costs no disk write (flash wear, latency).
 
+Reading: the last few messages stored (``FRESH_MAX``) are also kept in memory; while every pending message is
+among them, ``next_batch`` hands them over without a query. Otherwise (a backlog, a restart, a failed send) it
+reads the file in send order.
+
 Its own room because this is the one place the lock, the connection and the in-memory counters change
 together; opening the file is ``database``'s job, deciding what to drop is ``policy``'s.
 """
@@ -67,9 +71,9 @@ FRESH_MAX: Final = 32
 class Outbox:
     """A durable, byte-capped FIFO of OutMessages in SQLite (WAL). Thread-safe.
 
-    The pipeline thread calls ``put``; the publisher's threads call ``next_batch``, ``mark_inflight``,
-    ``ack``, ``release`` and ``expire``. One connection guarded by one lock: SQLite serialises writers
-    anyway, and a single connection keeps the in-memory counters exact.
+    The pipeline thread calls ``put``/``put_many``; the publisher's threads call ``next_batch``,
+    ``mark_inflight``, ``ack``, ``release``, ``sync_acks`` and ``expire``. One connection guarded by one lock:
+    SQLite serialises writers anyway, and a single connection keeps the in-memory counters exact.
     """
 
     def __init__(

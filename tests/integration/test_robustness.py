@@ -564,10 +564,11 @@ def test_bad_feedback_is_counted_by_reason_and_never_fatal(
 @pytest.mark.slow  # about 13 s: a broker outage with the collector's reconnect backoff
 def test_review_refuses_bad_input_and_survives_outages(work: Path, mosquitto_factory: Any) -> None:
     pytest.importorskip("flask", reason="edge-review needs the [review] extra")
-    from tests.review.robust import check_review_robustness
+    from tests.review.robust import check_full_disk, check_review_robustness
 
     root = work / "review"
     root.mkdir()
     broker = mosquitto_factory()
     broker.start()
     check_review_robustness(root, broker, lambda *cells: ROWS.append(Row("review", *cells)))
+    check_full_disk(root, lambda *cells: ROWS.append(Row("review", *cells)))  # root only: it mounts a tmpfs

@@ -6,7 +6,10 @@ exist. Each case records a row through ``record(case, given, outcome, message)``
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.review.auth import add_reviewer
 from edge_runtime.review.collector import BrokerOptions
+from edge_runtime.review.intake import parse_event
 from edge_runtime.review.labels import apply_label
+from edge_runtime.review.schema import open_engine
 from edge_runtime.review.service import ServeOptions, start_server
+from edge_runtime.review.store import ReviewStore
 from tests.broker import Mosquitto
 
 Record = Callable[[str, str, str, str], None]
@@ -100,7 +106,7 @@ def check_review_robustness(work: Path, broker: Mosquitto, record: Record) -> No
             ("unknown schema", '"schema": "edge.results/1"', "edge/rob-1/unknown",
              _event("rob-1", 2).replace(b"edge.unknown/1", b"edge.results/1"), "unknown_schema"),
             ("oversized", "3 MiB payload", "edge/rob-1/unknown", b"x" * (3 * 1024 * 1024), "oversize"),
-            ("crop not a JPEG", '"crop": {"data": base64 of text}', "edge/rob-1/unknown",
+            ("crop not base64", '"crop": {"data": garbage + the JPEG\'s base64}', "edge/rob-1/unknown",
              _event("rob-1", 3).replace(b'"data": "', b'"data": "aGVsbG8', 1), "bad_crop"),
             ("device id not the topic's", '"device_id": "rob-1" on edge/rob-2/unknown', "edge/rob-2/unknown",
              _event("rob-1", 4), "invalid_value"),
@@ -154,3 +160,32 @@ def check_review_robustness(work: Path, broker: Mosquitto, record: Record) -> No
                "stale or missing form token: reload the page; nothing changes")  # fmt: skip
     finally:
         server.stop()
+
+
+def check_full_disk(work: Path, record: Record) -> bool:
+    """The crop folder on a 1 MiB tmpfs that really fills up (root only; False when it cannot be mounted here)."""
+    if os.geteuid() != 0:
+        return False
+    disk = work / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        return False
+    try:
+        store = ReviewStore(open_engine(f"sqlite:///{work / 'disk.db'}"), disk)  # the database is elsewhere
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+        stored = store.add_event(parse_event("edge/rob-1/unknown", _event("rob-1", 20)), None)
+        lost = store.events(["ev-0-20"])[0].crop_sha is None and store.counters().get("disk_full") == 1
+        filler.unlink()
+        store.add_event(parse_event("edge/rob-1/unknown", _event("rob-1", 21)), None)
+        recovered = store.events(["ev-0-21"])[0].crop_sha is not None
+        store.engine.dispose()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert stored and lost and recovered
+    record("crop disk full", "the --data folder on a full 1 MiB tmpfs", "stored without its crop",
+           "one log line naming the fix; counted as disk_full; crops are kept again once there is room")  # fmt: skip
+    return True

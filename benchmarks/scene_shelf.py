@@ -240,6 +240,7 @@ def _evaluate(bundle_dir: Path, out_dir: Path, seed: int, frames: int) -> dict[s
                 "": _config(sc, video),
                 " (misplaced: accept)": _config(sc, video, misplaced_route="accept"),
                 " (misplaced: verify)": _config(sc, video, misplaced_route="verify"),
+                " (expected_min 0)": _config(sc, video, expected_min=0.0),
             }
             if sc.patterned:
                 variants[" (no reference)"] = _config(sc, video, reference=False)

@@ -89,9 +89,18 @@ class ShelfConfig(BaseModel):
     misplaced_route: Literal["accept", "group", "verify"] = Field(
         default="group",
         description=(
-            "When another SKU makes a slot misplaced: accept = only the bundle's calibrated auto-accept; group ="
-            " also a verify-route SKU of another group than the expected one (siblings are what heads confuse);"
-            " verify = any accept or verify SKU. Less confident recognitions leave the slot present."
+            "When a slot is misplaced: accept = an auto-accepted other SKU only; group = that, or a look that gives"
+            " the expected SKU less than expected_min while its best guess is no sibling of it (siblings are what"
+            " heads confuse); verify = any accept or verify other SKU. Unsure looks change nothing."
+        ),
+    )
+    expected_min: FiniteFloat = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description=(
+            'With misplaced_route = "group": a facing whose recognition gives the expected SKU less probability'
+            " than this, and names no sibling of it, holds another product (a catalogued one or not); 0 = off."
         ),
     )
     empty_reference: str | None = Field(

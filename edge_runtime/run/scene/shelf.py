@@ -10,12 +10,14 @@ region the head recognises each processed frame. Each facing is observed as
   ``verify``), and although its OOD score ranks empty facings apart (AUROC 0.98 in benchmarks/scene_shelf.py),
   that score's scale is each bundle's own, while a profile threshold must hold across builds. The image test
   separated them completely there, with one fixed threshold, under a lighting change too;
-- **misplaced** when the head is confident the product is not the expected SKU (``misplaced_route``):
-  ``accept`` = an auto-accepted other SKU; ``group`` (default) = that, or a ``verify`` SKU of another group than
-  the expected one (sibling flavours are what a head confuses, a milk for crisps it rarely does); ``verify`` =
-  any accept or verify other SKU;
-- **present** otherwise: something is there and it is not confidently something else (the expected SKU, or a
-  product the head is unsure about or does not know).
+- **present** when the head names the expected SKU;
+- **misplaced** when the product is not the expected SKU (``misplaced_route``): ``accept`` = an auto-accepted
+  other SKU; ``group`` (default) = that, or, asking the planogram's narrower question "is this the expected
+  SKU?", a look whose candidates give the expected SKU less than ``expected_min`` probability while its best
+  guess is not a sibling of it (siblings are what a head confuses at low resolution): the SKU it names, or none
+  for a product no catalogue holds; ``verify`` = any accept or verify other SKU;
+- **unsure** otherwise (the head unsure, or naming a sibling): neither confirms nor contradicts a present or
+  misplaced facing; after an empty one it means something is there (present).
 
 A facing changes state only after the new observation has held for ``hold_frames`` processed frames in a row
 and ``hold_s`` seconds, so a hand reaching past, a shopper in front or a flicker does not flap it (its first
@@ -179,14 +181,26 @@ class ShelfScene:
         if is_empty:
             return "empty", None
         expected = self.config.slots[facing.slot].sku
-        if decision.sku is None or decision.route == "unknown":
-            return "occupied", None
-        if decision.sku == expected:
+        named = decision.sku if decision.route != "unknown" else None
+        if named == expected:
             return "present", None
-        if decision.route == "accept" or self._misplaced_route == "verify":
-            return "misplaced", decision.sku
-        if self._misplaced_route == "group" and decision.group != self._skus[expected].group:
-            return "misplaced", decision.sku
+        if named is not None and (decision.route == "accept" or self._misplaced_route == "verify"):
+            return "misplaced", named
+        # The head's best guess, named or not: a sibling of the expected SKU is what a low-resolution view of
+        # the expected product gets confused with.
+        best = decision.top_k[0][0] if decision.top_k else decision.sku
+        best_sku = self._skus.get(best) if best is not None else None
+        sibling = best_sku is not None and best_sku.group == self._skus[expected].group
+        # The planogram asks a narrower question than the head answers: not "which SKU is this?" but "is this
+        # the expected one?". When the head gives the expected SKU almost no probability (not among its top
+        # candidates) and does not name a sibling of it (siblings are what it confuses at low resolution), the
+        # facing holds another product, named or not (a product no catalogue holds is usually not).
+        if (
+            self._misplaced_route == "group"
+            and not sibling
+            and dict(decision.top_k).get(expected, 0.0) < self.config.expected_min
+        ):
+            return "misplaced", named
         return "occupied", None
 
     def _observe(self, facing: _Facing, seen: tuple[str, str | None], decision: Decision, ts: float) -> None:
@@ -227,7 +241,8 @@ class ShelfScene:
             facing.state, facing.since, facing.decision = cast(SlotState, state), facing.candidate_since, decision
             facing.skus = Counter(facing.candidate_skus)
             if state == "misplaced":
-                facing.sku = facing.skus.most_common(1)[0][0]
+                top = facing.skus.most_common(1)
+                facing.sku = top[0][0] if top else None  # None: a product the head cannot name
             else:
                 facing.sku = named if state == "present" else None
             facing.candidate, facing.candidate_frames = None, 0
@@ -308,7 +323,7 @@ class ShelfScene:
             for f in members:
                 if f.state not in ("present", "misplaced"):
                     continue
-                code = f.sku if f.state == "misplaced" and f.sku else spec.sku
+                code = (f.sku or "") if f.state == "misplaced" else spec.sku  # "": a product the head cannot name
                 facings[code] = facings.get(code, 0) + 1
                 area[code] = area.get(code, 0) + f.box[2] * f.box[3]
                 filled += f.state == "present"

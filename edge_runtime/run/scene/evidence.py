@@ -2,7 +2,7 @@
 
 A product is seen in many frames, most of them poor (moving, blurred, half out of the basket, under a hand).
 Each observation adds its head input (the composed embedding the head reads) weighted by its quality; the fused
-input is the weighted mean scaled back to the inputs' length, which the head projects, matches, calibrates,
+input is the weighted mean, which the head normalises, projects, matches, calibrates,
 gates and routes with the bundle's calibrated rules exactly as it does a single region. The decision is revised
 while the track lives (when it settles and every ``revise_every`` observations after) and made final when it
 ends.
@@ -39,7 +39,6 @@ class Evidence:
 
     total: np.ndarray | None = None  # weighted sum of head inputs
     weight: float = 0.0
-    norms: float = 0.0  # weighted sum of the inputs' lengths
     observations: int = 0
     since_decision: int = 0  # observations added since the decision was last made
     decision: Decision | None = None
@@ -52,7 +51,6 @@ class Evidence:
         vec = np.asarray(features, dtype=np.float32)
         self.total = vec * weight if self.total is None else self.total + vec * weight
         self.weight += weight
-        self.norms += weight * float(np.linalg.norm(vec))
         self.observations += 1
         self.since_decision += 1
         if self.best_single is None or single.score > self.best_single.score:
@@ -62,16 +60,11 @@ class Evidence:
             self.crop = view.copy()
 
     def fused(self) -> np.ndarray | None:
-        """The weighted mean head input, scaled back to the inputs' mean length; None before the first one.
-
-        Views that disagree average to a shorter vector; left short, it would look strange to the OOD gate
-        (a length no catalogue photo has) and send known products to unknown for being seen from several sides."""
+        """The weighted mean head input, None before the first observation. Its length does not matter: the
+        head normalises its input before anything else (``Projection.apply``)."""
         if self.total is None or self.weight <= 0:
             return None
-        length = float(np.linalg.norm(self.total))
-        if length <= 0:
-            return None
-        fused: np.ndarray = self.total * np.float32(self.norms / self.weight / length)
+        fused: np.ndarray = self.total / np.float32(self.weight)
         return fused
 
     def decide(self, decide: Decide) -> Decision | None:

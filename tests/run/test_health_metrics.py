@@ -131,7 +131,9 @@ def test_metrics_registries_are_private_and_series_pre_declared() -> None:
 def test_refresh_mirrors_outbox_and_memory() -> None:
     m = RunMetrics(["a"], memory_budget_mib=1 << 20)
     m.refresh(OutboxStats(depth=3, bytes=300, drops={("full", "crop"): 2}), acked=4, connected=True)
-    block = np.ones(48 * 1024 * 1024, np.uint8)  # touched, then freed: the peak keeps it, the resident set not
+    # Touched, then freed: the peak keeps it, the resident set not (above glibc's largest mmap threshold, 32 MiB,
+    # so the pages are fresh and go back to the kernel when freed).
+    block = np.ones(80 * 1024 * 1024, np.uint8)
     del block
     figures = m.refresh(
         OutboxStats(depth=1, bytes=90, drops={("full", "crop"): 5}), acked=9, connected=False, gpu_mib=4.0
@@ -145,7 +147,7 @@ def test_refresh_mirrors_outbox_and_memory() -> None:
     # the 1 TiB budget; the resident set now is reported beside it.
     rss = psutil.Process().memory_info().rss
     assert figures.rss_bytes == pytest.approx(rss, rel=0.2) and sample_value(text, "edge_process_rss_bytes") > 0
-    assert figures.peak_bytes >= figures.rss_bytes + 40 * 1024 * 1024 + 4 * 1024 * 1024
+    assert figures.peak_bytes >= figures.rss_bytes + 70 * 1024 * 1024 + 4 * 1024 * 1024
     assert figures.headroom == pytest.approx(1 - figures.peak_bytes / (1 << 40))
     assert sample_value(text, "edge_memory_headroom_ratio") == pytest.approx(figures.headroom)
     assert sample_value(text, "edge_memory_peak_bytes") == figures.peak_bytes

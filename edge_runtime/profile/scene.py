@@ -151,6 +151,14 @@ def check_scene(scene: Scene, tables: Mapping[str, Any]) -> Scene:
     if scene.kind == "shelf" and scene.shelf is None:
         raise ValueError('kind = "shelf" needs slots: add [[scene.shelf.slots]] tables (id, box and expected sku)')
     if scene.kind == "shelf" and scene.shelf is not None:
+        facings = sum(slot.facings for slot in scene.shelf.slots)
+        limit = getattr(regions, "max_regions", None)
+        if limit is not None and facings > limit:
+            # Every facing is a region of every frame; the GPU engine's batch profile stops at max_regions.
+            raise ValueError(
+                f"the planogram has {facings} facings but [regions] max_regions is {limit}: set max_regions"
+                f" = {facings} (the GPU engine's batch is sized by it)"
+            )
         for camera in tables.get("cameras") or []:
             outside = scene.shelf.boxes_outside(camera.width, camera.height)
             if outside:

@@ -182,6 +182,11 @@ def run_cases(area: str, cases: list[Case], prog: str, *, multi_line_problems: b
 # --------------------------------------------------------------------------- profiles
 
 
+# One planogram slot of a shelf profile (200x200 px at x), for the shelf configuration cases.
+SHELF = '[scene]\nkind = "shelf"\n'
+SLOT = '[[scene.shelf.slots]]\nid = "{id}"\nbox = [{x}, 10, 200, 200]\nsku = "milk-alpine-whole"\n'
+
+
 @pytest.mark.slow
 def test_malformed_and_hostile_profiles(work: Path) -> None:
     d = work / "profiles"
@@ -229,6 +234,25 @@ def test_malformed_and_hostile_profiles(work: Path) -> None:
             profile("shelf.toml", base + '[scene]\nkind = "shelf"\n'),
         ),
         (
+            "two shelf slots with one id",
+            '[[scene.shelf.slots]] id = "a" twice',
+            profile("dup.toml", base + SHELF + SLOT.format(id="a", x=0) + SLOT.format(id="a", x=300)),
+        ),
+        (
+            "shelf slot box of zero width",
+            "[[scene.shelf.slots]] box = [10, 10, 0, 100]",
+            profile("zero.toml", base + SHELF + SLOT.format(id="a", x=0).replace("200, 200", "0, 100")),
+        ),
+        (
+            "more facings than max_regions",
+            "[regions] max_regions = 2, a slot with facings = 3",
+            profile(
+                "facings.toml",
+                base + '[regions]\nmax_regions = 2\n[scene]\nkind = "shelf"\n' + SLOT.format(id="a", x=0)
+                + "facings = 3\n",
+            ),
+        ),
+        (
             "cart proposals from regions without a detector",
             '[scene] kind = "cart", [scene.cart] proposals = "regions"',
             profile("cart.toml", base + '[scene]\nkind = "cart"\n[scene.cart]\nproposals = "regions"\n'),
@@ -256,6 +280,9 @@ def test_malformed_and_hostile_profiles(work: Path) -> None:
     assert 'scene: kind = "shelf" needs slots' in errors["shelf scene without slots"]
     assert 'mode = "detector"' in errors["cart proposals from regions without a detector"]
     assert "cart.basket [600, 0, 100, 100] does not fit camera 'demo'" in errors["basket zone outside the camera"]
+    assert "duplicate" in errors["two shelf slots with one id"].lower()
+    assert "box" in errors["shelf slot box of zero width"]
+    assert "set max_regions = 3" in errors["more facings than max_regions"]
     assert not (work / "never").exists()  # nothing was built from a bad profile
 
 

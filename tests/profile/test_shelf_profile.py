@@ -145,6 +145,26 @@ def test_slots_outside_the_camera_are_refused(tmp_path: Path):
         load_profile(path)
 
 
+def test_more_facings_than_regions_max_is_refused(tmp_path: Path):
+    # Every facing is a region of every frame, and the GPU engine's batch stops at [regions] max_regions.
+    path = write(
+        tmp_path,
+        BASE
+        + """
+        [regions]
+        max_regions = 2
+
+        [[scene.shelf.slots]]
+        id = "long"
+        box = [0, 0, 600, 200]
+        sku = "milk-alpine-whole"
+        facings = 3
+        """,
+    )
+    with pytest.raises(ProfileError, match=r"3 facings but \[regions\] max_regions is 2: set max_regions = 3"):
+        load_profile(path)
+
+
 def test_shelf_cam_v1_ships_a_planogram_that_fits_its_camera():
     profile = load_profile(REPO_PROFILES / "shelf-cam-v1.toml")
     assert profile.scene.kind == "shelf" and profile.scene.shelf is not None

@@ -59,6 +59,9 @@ class SceneMetrics:
             self.slots.labels(state=state)
 
 
+SHELF_STATE_MIN_S = 1.0  # the retained shelf state is refreshed at most this often when no slot changed state
+
+
 class SceneStage:
     """Cart or shelf logic plus the messages it sends."""
 
@@ -85,7 +88,8 @@ class SceneStage:
         self.last_frame = (0, 0.0)  # (frame id, capture time) of the latest frame, for triggers between frames
         self.triggers_rejected = 0
         self.seconds = 0.0  # time spent in on_frame, for the scene-cost figures
-        self._shelf_sent = False
+        self._shelf_last: dict[str, Any] | None = None  # the body of the last edge.shelf/1 sent
+        self._shelf_sent_ts = 0.0
 
     def bind(self, send: Send) -> None:
         """Where messages go (``Stages.send``, which counts them by topic); set once, before the first frame."""
@@ -118,10 +122,16 @@ class SceneStage:
                 changes = self.shelf.update(frame_id, ts, image, decisions)
                 for change in changes:
                     self._event(slot_event_message(change, device_id=self.device_id), "slot_changed")
-                # The retained state goes out at the start too, so a dashboard sees the planogram before a change.
-                if changes or not self._shelf_sent:
-                    self._send("shelf", shelf_message(self.shelf.state(), device_id=self.device_id, ts=ts), True)
-                    self._shelf_sent = True
+                # The retained state goes out at the start too, so a dashboard sees the planogram before a change;
+                # and whenever its body changed without a slot changing state (a facing filled, another wrong
+                # product in a misplaced slot), at most once a SHELF_STATE_MIN_S, so the retained copy is never
+                # stale for longer than that and a flickering facing cannot flood the uplink.
+                state = self.shelf.state()
+                due = changes or self._shelf_last is None
+                due = due or (state != self._shelf_last and ts - self._shelf_sent_ts >= SHELF_STATE_MIN_S)
+                if due:
+                    self._send("shelf", shelf_message(state, device_id=self.device_id, ts=ts), True)
+                    self._shelf_last, self._shelf_sent_ts = state, ts
             self._refresh_gauges()
         self.seconds += time.perf_counter() - t0
 

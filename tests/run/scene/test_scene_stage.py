@@ -139,3 +139,29 @@ def test_the_session_topic_reaches_the_subscriber_callback(tmp_path: Path, mosqu
         assert late.messages[0].retain and late.payloads()[0]["schema"] == "edge.cart/1"
     finally:
         late.close()
+
+
+def test_the_retained_shelf_state_follows_changes_no_slot_event_announces() -> None:
+    """A facing emptying in a slot that stays present changes the shelf's body (filled facings, share) without a
+    slot_changed event: the retained state must still follow, at most once a second, never every frame."""
+    from edge_runtime.run.scene.shelf import ShelfScene
+    from edge_runtime.run.scene.stage import SHELF_STATE_MIN_S
+    from tests.run.scene.test_shelf import EXPECTED, FULL, SIZE, SKUS, config, shelf_frame
+
+    sink = Sink()
+    scene = ShelfScene(config(), SKUS, SIZE)
+    stage = SceneStage(load_profile("dev-cpu"), cart=None, shelf=scene, device_id="shelf-1", metrics=None, send=sink)
+    frames = [(shelf_frame(FULL, seed=i), EXPECTED) for i in range(6)]
+    one_gone = [FULL[0], FULL[1], None]  # slot s2 keeps one of its two facings: still present
+    frames += [(shelf_frame(one_gone, seed=10 + i), EXPECTED) for i in range(12)]
+    for i, (image, decisions) in enumerate(frames):
+        stage.on_frame(i, i * 0.25, [], decisions, None, None, image)
+    shelf = [(payload, retained) for topic, payload, retained in sink.sent if topic == "shelf"]
+    events = [payload for topic, payload, _ in sink.sent if topic == "events"]
+    assert all(retained for _, retained in shelf)
+    assert all(e["previous"] == "unknown" for e in events)  # only the first look; no slot changed state later
+    first, last = shelf[0][0], shelf[-1][0]
+    assert [s["facings"]["filled"] for s in first["slots"]] == [1, 2]
+    assert [s["facings"]["filled"] for s in last["slots"]] == [1, 1] and last["slots"][1]["state"] == "present"
+    # Sent at the start and when the body changed, with at least SHELF_STATE_MIN_S between refreshes.
+    assert 2 <= len(shelf) <= 1 + len(frames) * 0.25 / SHELF_STATE_MIN_S

@@ -19,7 +19,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,8 @@ from edge_runtime.run.sampler import AdaptiveSampler
 from edge_runtime.run.scene.messages import SCENE_TOPICS
 from edge_runtime.run.scene.stage import SceneStage
 from edge_runtime.run.sources import Source, VideoFileSource
-from edge_runtime.types import Decision, Frame, MessageKind, Region
+from edge_runtime.run.stage_items import Counts, FrameTiming, Inferred, Prepared, StageError, Throttled
+from edge_runtime.types import Decision, Frame, MessageKind
 
 __all__ = ["LATENCY_WINDOW", "MONO_CHECK_FRAMES", "Counts", "FrameTiming", "Stages"]
 
@@ -49,97 +50,6 @@ log = logging.getLogger(__name__)
 
 MONO_CHECK_FRAMES = 30  # frames that must all look monochrome before the colour warning (a grey scene is not one)
 LATENCY_WINDOW = 512  # recent frame latencies the heartbeat's percentiles are taken over
-_ERROR_LOG_INTERVAL_S = 30.0
-
-
-@dataclass(frozen=True)
-class FrameTiming:
-    """Where one processed frame's time went, for ``RunOptions.on_frame`` (edge-bench).
-
-    ``stages`` holds seconds per stage that ran for the frame (``metrics.STAGES`` names; a frame without
-    regions has no preprocess, inference or head). Their sum is the frame's latency when it waits in no queue;
-    ``latency_s`` runs from the start of its read to its messages being stored, queue waits included.
-    """
-
-    frame_id: int
-    regions: int
-    stages: dict[str, float]
-    latency_s: float
-    done: float  # time.monotonic() when the frame's messages were stored
-
-
-@dataclass
-class Counts:
-    """What the stages have done so far (``Stages.snapshot()`` hands out copies)."""
-
-    frames_read: int = 0
-    frames_processed: int = 0
-    frames_skipped: int = 0
-    frames_dropped: int = 0
-    frame_errors: int = 0
-    regions: int = 0
-    routes: Tally[str] = field(default_factory=Tally)
-    messages: Tally[str] = field(default_factory=Tally)  # stored messages by topic
-
-
-class _Throttled:
-    """Log a recurring per-frame problem once, then at most once per interval with a count."""
-
-    def __init__(self, interval_s: float = _ERROR_LOG_INTERVAL_S) -> None:
-        self.interval_s = interval_s
-        self._last = float("-inf")
-        self._pending = 0
-
-    def __call__(self, text: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval_s:
-            more = f" (+{self._pending} more since the last report)" if self._pending else ""
-            log.error(text + more, *args, exc_info=self._last == float("-inf"))
-            self._last, self._pending = now, 0
-        else:
-            self._pending += 1
-
-
-class _StageError(Exception):
-    """A per-frame failure, tagged with the stage it happened in (the cause is the original exception)."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(stage)
-        self.stage = stage
-
-
-@dataclass
-class _Prepared:
-    """What the preprocess thread hands to the inference thread for one frame."""
-
-    frame_id: int
-    source_ref: str
-    ts: float  # capture wall-clock time
-    regions: list[Region]
-    # Views into the frame, not copies: which crops get published is known only after the head, and copying
-    # every crop here would cost each frame what only unknown/verify objects need.
-    views: list[np.ndarray]
-    batch: np.ndarray | None  # [regions, 3, S, S] float32; None when the frame has no regions
-    colour: np.ndarray | None  # [regions, COLOUR_DIM] when the head reads colour
-    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
-    image: np.ndarray | None = None  # the frame, for a scene that reads pixels (shelf emptiness)
-
-
-@dataclass
-class _Inferred:
-    """What the inference thread hands to the publish thread for one frame."""
-
-    frame_id: int
-    source_ref: str
-    ts: float  # capture wall-clock time
-    regions: list[Region]
-    decisions: list[Decision]
-    crops: list[np.ndarray | None]  # copies for objects that get an unknown/verify message with a crop
-    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage so far, for on_frame
-    # For a scene (run/scene/): the head input of every region, their pixels and the frame; None otherwise.
-    features: np.ndarray | None = None
-    views: list[np.ndarray] | None = None
-    image: np.ndarray | None = None
 
 
 class Stages:
@@ -209,9 +119,9 @@ class Stages:
             scene.bind(lambda topic, payload, retained: self.send(topic, payload, SCENE_TOPICS[topic][0], retained))
         # (frame index, read seconds) of queued frames, for on_frame only: Frame is immutable and shared.
         self._read_s: deque[tuple[int, float]] = deque()
-        self._log_prepare_error = _Throttled()  # one per thread: _Throttled is not locked
-        self._log_infer_error = _Throttled()
-        self._log_publish_error = _Throttled()
+        self._log_prepare_error = Throttled()  # one per thread: Throttled is not locked
+        self._log_infer_error = Throttled()
+        self._log_publish_error = Throttled()
         self.started_at = 0.0
         self.threads = [
             threading.Thread(
@@ -329,13 +239,13 @@ class Stages:
         # prepared here has already cost its CPU time.
         self._relay(self.frames_q, self.prepare, self._log_prepare_error, self.tensors_q)
 
-    def _relay(self, source: StageQueue, step: Callable[[Any], Any], log_error: _Throttled, sink: StageQueue) -> None:
+    def _relay(self, source: StageQueue, step: Callable[[Any], Any], log_error: Throttled, sink: StageQueue) -> None:
         """Apply ``step`` to every item of ``source`` and pass the result on; a failed frame is counted by the
         stage it failed in and skipped, the loop goes on."""
         while (item := source.get_or_end(self.abort)) is not END:
             try:
                 out = step(item)
-            except _StageError as exc:
+            except StageError as exc:
                 self._count_error(exc.stage)
                 log_error("frame %s failed in %s: %s", item.source_ref, exc.stage, exc.__cause__)
                 continue
@@ -362,7 +272,7 @@ class Stages:
                 break
         return {}
 
-    def prepare(self, frame: Frame) -> _Prepared:
+    def prepare(self, frame: Frame) -> Prepared:
         stage = "regions"
         spent = self._read_seconds(frame.index) if self.on_frame is not None else {}
         views: list[np.ndarray] = []
@@ -384,9 +294,9 @@ class Stages:
                 colour = colour_descriptor(batch) if self.colour_weight > 0 else None
                 self._observe(spent, "preprocess", time.perf_counter() - t1)
         except Exception as exc:
-            raise _StageError(stage) from exc
+            raise StageError(stage) from exc
         image = frame.image if self.scene is not None else None
-        return _Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent, image)
+        return Prepared(frame.index, frame.source_ref, frame.ts, regions, views, batch, colour, spent, image)
 
     def _check_monochrome(self, image: np.ndarray) -> None:
         if not looks_monochrome(image):
@@ -405,7 +315,7 @@ class Stages:
     def inference_loop(self) -> None:
         self._relay(self.tensors_q, self.infer, self._log_infer_error, self.publish_q)
 
-    def infer(self, item: _Prepared) -> _Inferred:
+    def infer(self, item: Prepared) -> Inferred:
         stage = "inference"
         spent = item.spent
         decisions: list[Decision] = []
@@ -423,7 +333,7 @@ class Stages:
                 if len(decisions) != len(item.regions):
                     raise ModelError(f"{len(item.regions)} regions but {len(decisions)} decisions")
         except Exception as exc:
-            raise _StageError(stage) from exc
+            raise StageError(stage) from exc
         # Copy only the crops that will be published: the frame itself can then be freed while the publish
         # thread encodes.
         crops: list[np.ndarray | None] = [
@@ -439,7 +349,7 @@ class Stages:
         self.metrics.regions.inc(len(item.regions))
         for d in decisions:
             self.metrics.count_prediction(top1(d), d.route)
-        out = _Inferred(item.frame_id, item.source_ref, item.ts, item.regions, decisions, crops, spent)
+        out = Inferred(item.frame_id, item.source_ref, item.ts, item.regions, decisions, crops, spent)
         if self.scene is not None:
             out.views, out.image = item.views, item.image
             out.features = features if self.scene.needs_features else None
@@ -459,7 +369,7 @@ class Stages:
         if self.scene is not None:
             self.scene.finish()  # final track decisions, the session's end, the last state
 
-    def publish(self, item: _Inferred) -> None:
+    def publish(self, item: Inferred) -> None:
         if self.scene is None or self.scene.frames_published:
             self._publish_frame(item)
         if self.scene is not None:
@@ -483,7 +393,7 @@ class Stages:
                 )
             )
 
-    def _publish_frame(self, item: _Inferred) -> None:
+    def _publish_frame(self, item: Inferred) -> None:
         """The frame's edge.results/1 and its objects' unknown/verify messages."""
         t0 = time.perf_counter()
         ts = utc_iso(item.ts)

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, field_validator
+from pydantic import AfterValidator, BaseModel, Field, FiniteFloat, field_validator
 
+from edge_runtime.profile.fields import MODEL_CONFIG
 from edge_runtime.profile.shelf import ShelfConfig
 
 __all__ = ["CartConfig", "Scene", "SceneKind", "check_scene"]
 
-_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 SceneKind = Literal["frames", "cart", "shelf"]
 
@@ -39,7 +39,7 @@ Zone = Annotated[list[int], AfterValidator(_check_zone)]
 class CartConfig(BaseModel):
     """A basket camera: region proposals, tracking, when an item counts as added or removed, sessions."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     proposals: Literal["background", "regions"] = Field(
         default="background",
@@ -117,7 +117,7 @@ class CartConfig(BaseModel):
 class Scene(BaseModel):
     """What edge-run publishes: per-frame results, cart events and contents, or shelf slot states."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     kind: SceneKind = Field(
         default="frames",

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     FiniteFloat,
     PrivateAttr,
@@ -25,18 +23,15 @@ from pydantic import (
     field_validator,
 )
 
+from edge_runtime.profile.fields import MODEL_CONFIG, NAME_PATTERN, Box
 from edge_runtime.profile.scene import Scene, check_scene
 
 # The one top-level key that is not a table of the schema: the parent profile, removed before validation.
 EXTENDS_KEY = "extends"
 
-_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-
 Precision = Literal["fp32", "fp16", "int8"]
 BackendName = Literal["tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
 InputSize = Annotated[int, Field(ge=96, le=512, multiple_of=32)]
-
-_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -56,27 +51,13 @@ def _all_precisions() -> list[Precision]:
     return ["fp32", "fp16", "int8"]
 
 
-def _check_box(box: list[int]) -> list[int]:
-    if len(box) != 4:
-        raise ValueError(f"a region box is [x, y, w, h] (4 integers); got {len(box)}")
-    x, y, w, h = box
-    if x < 0 or y < 0:
-        raise ValueError(f"box x and y must be >= 0; got x={x}, y={y}")
-    if w <= 0 or h <= 0:
-        raise ValueError(f"box w and h must be > 0; got w={w}, h={h}")
-    return box
-
-
-Box = Annotated[list[int], AfterValidator(_check_box)]
-
-
 class Device(BaseModel):
     """What the device is and how much memory the recognition service may use."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     name: str = Field(
-        pattern=_NAME_PATTERN,
+        pattern=NAME_PATTERN,
         description="Device class name (1-64 chars of A-Z a-z 0-9 . _ -); the default MQTT device id.",
     )
     platform: str = Field(min_length=1, description="Hardware platform label, e.g. 'jetson-orin-nano-8gb'.")
@@ -97,7 +78,7 @@ class Device(BaseModel):
 class Backend(BaseModel):
     """Inference backends, precisions and input sizes the build may choose from."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     prefer: list[BackendName] = Field(
         min_length=1, description="Backends in order of preference; the first one available on the device is used."
@@ -145,9 +126,9 @@ class Backend(BaseModel):
 class Camera(BaseModel):
     """One video source."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
-    name: str = Field(pattern=_NAME_PATTERN, description="Camera name, unique within the profile; used in topics.")
+    name: str = Field(pattern=NAME_PATTERN, description="Camera name, unique within the profile; used in topics.")
     source: str = Field(
         description="GStreamer/OpenCV source: csi://N, rtsp://..., /dev/videoN or a file; '' = the demo video."
     )
@@ -159,7 +140,7 @@ class Camera(BaseModel):
 class Regions(BaseModel):
     """Where in a frame to look for products."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     mode: Literal["full", "fixed", "detector"] = Field(
         default="full",
@@ -194,7 +175,7 @@ class Regions(BaseModel):
 class Sampler(BaseModel):
     """Motion-gated frame sampling: a slow idle rate, a fast rate while things move."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     enabled: bool = Field(default=True, description="Gate frames on motion; off = process every captured frame.")
     idle_fps: FiniteFloat = Field(default=2.0, gt=0, description="Frames per second processed when nothing moves.")
@@ -217,14 +198,14 @@ class Sampler(BaseModel):
 class Mqtt(BaseModel):
     """The uplink to the store broker."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS by convention).")
     topic_prefix: str = Field(default="edge", min_length=1, description="First topic level: PREFIX/DEVICE_ID/...")
     device_id: str | None = Field(
         default=None,
-        pattern=_NAME_PATTERN,
+        pattern=NAME_PATTERN,
         description="Device id in topics; unset = device.name. With several cameras each edge-run appends -CAMERA.",
     )
     qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service for published messages.")
@@ -267,7 +248,7 @@ class Mqtt(BaseModel):
 class Outbox(BaseModel):
     """Store-and-forward queue for messages while the broker is unreachable."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     max_mib: FiniteFloat = Field(default=64, gt=0, description="Disk the outbox may use; oldest messages go first.")
     ttl_hours: FiniteFloat = Field(default=72, gt=0, description="Messages older than this are dropped.")
@@ -276,7 +257,7 @@ class Outbox(BaseModel):
 class Metrics(BaseModel):
     """Prometheus metrics endpoint."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     port: int = Field(default=9108, ge=0, le=65535, description="HTTP port for /metrics; 0 disables the endpoint.")
 
@@ -284,7 +265,7 @@ class Metrics(BaseModel):
 class Routing(BaseModel):
     """How recognitions are routed: accepted, sent for verification, or treated as unknown."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     accept_precision: FiniteFloat = Field(
         default=0.98, ge=0.5, le=1, description="Target precision of auto-accepted recognitions (sets the threshold)."
@@ -311,7 +292,7 @@ class Routing(BaseModel):
 class HeadFit(BaseModel):
     """How edge-build fits the recognition head on the catalogue."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     augment_views: int = Field(
         default=2,
@@ -356,7 +337,7 @@ class Train(BaseModel):
     The bundle and the device never need torch: the fine-tuned weights are exported to the same ONNX contract.
     """
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     enabled: Literal["auto"] | bool = Field(
         default="auto",
@@ -414,7 +395,7 @@ class Train(BaseModel):
 class Readiness(BaseModel):
     """Limits of the readiness checklist that edge-build runs before shipping a bundle."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     imbalance_max: FiniteFloat = Field(
         default=10.0, ge=1, description="Largest allowed ratio of images per SKU, most to fewest."
@@ -443,7 +424,7 @@ class Readiness(BaseModel):
 class Health(BaseModel):
     """Liveness: the systemd watchdog and frame-stall detection."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     watchdog_s: FiniteFloat = Field(default=30, gt=0, description="systemd watchdog interval in seconds.")
     frame_stall_s: FiniteFloat = Field(
@@ -454,7 +435,7 @@ class Health(BaseModel):
 class Security(BaseModel):
     """Bundle signatures: which bundles this device class may run."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     require_signature: bool = Field(
         default=False, description="Refuse bundles without a valid Ed25519 signature (signature.ed25519)."
@@ -483,7 +464,7 @@ class DeviceProfile(BaseModel):
     the hash; ``content_hash()`` identifies the resolved profile in bundle manifests.
     """
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     device: Device = Field(description="What the device is and its memory budget.")
     backend: Backend = Field(description="Backends, precisions and input sizes to choose from.")

@@ -8,37 +8,22 @@ bundle: ``ShelfScene`` (edge_runtime/run/scene/shelf.py) does that when edge-run
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+from pydantic import BaseModel, Field, FiniteFloat, field_validator, model_validator
 
-_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
-_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+from edge_runtime.profile.fields import MODEL_CONFIG, NAME_PATTERN, SlotBox
 
 # A facing narrower or lower than this leaves too few pixels for the emptiness test and the backbone.
 MIN_FACING_SIDE = 16
 
 
-def _check_slot_box(box: list[int]) -> list[int]:
-    if len(box) != 4:
-        raise ValueError(f"a slot box is [x, y, w, h] (4 integers); got {len(box)}")
-    x, y, w, h = box
-    if x < 0 or y < 0:
-        raise ValueError(f"slot box x and y must be >= 0; got x={x}, y={y}")
-    if w <= 0 or h <= 0:
-        raise ValueError(f"slot box w and h must be > 0 (a box of zero size); got w={w}, h={h}")
-    return box
-
-
-SlotBox = Annotated[list[int], AfterValidator(_check_slot_box)]
-
-
 class ShelfSlot(BaseModel):
     """One planogram position: where it is, what belongs there and how many fronts it holds."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
-    id: str = Field(pattern=_NAME_PATTERN, description="Slot id, unique on the shelf; named in events and state.")
+    id: str = Field(pattern=NAME_PATTERN, description="Slot id, unique on the shelf; named in events and state.")
     box: SlotBox = Field(description="Slot box [x, y, w, h] in capture pixels (like [regions] fixed).")
     sku: str = Field(min_length=1, description="SKU code the planogram expects here; must be in the bundle.")
     facings: int = Field(
@@ -69,7 +54,7 @@ def _overlap_share(a: list[int], b: list[int]) -> float:
 class ShelfConfig(BaseModel):
     """A shelf camera's planogram and how slot states are decided (``[scene] kind = "shelf"``)."""
 
-    model_config = _MODEL_CONFIG
+    model_config = MODEL_CONFIG
 
     slots: list[ShelfSlot] = Field(
         min_length=1, max_length=256, description="The planogram: one entry per slot ([[scene.shelf.slots]])."

@@ -27,3 +27,4 @@ def check_box(box: list[int], what: str) -> list[int]:
 
 Box = Annotated[list[int], AfterValidator(lambda box: check_box(box, "region"))]
 SlotBox = Annotated[list[int], AfterValidator(lambda box: check_box(box, "slot"))]
+Zone = Annotated[list[int], AfterValidator(lambda box: check_box(box, "zone"))]

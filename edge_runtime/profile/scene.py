@@ -11,29 +11,17 @@ so they come out as the same one-line ``FILE: scene...: reason`` problems as the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, FiniteFloat, field_validator
+from pydantic import BaseModel, Field, FiniteFloat, field_validator
 
-from edge_runtime.profile.fields import MODEL_CONFIG
+from edge_runtime.profile.fields import MODEL_CONFIG, Zone
 from edge_runtime.profile.shelf import ShelfConfig
 
 __all__ = ["CartConfig", "Scene", "SceneKind", "check_scene"]
 
 
 SceneKind = Literal["frames", "cart", "shelf"]
-
-
-def _check_zone(box: list[int]) -> list[int]:
-    if len(box) != 4:
-        raise ValueError(f"a zone is [x, y, w, h] (4 integers); got {len(box)}")
-    x, y, w, h = box
-    if x < 0 or y < 0 or w <= 0 or h <= 0:
-        raise ValueError(f"a zone needs x, y >= 0 and w, h > 0; got {box}")
-    return box
-
-
-Zone = Annotated[list[int], AfterValidator(_check_zone)]
 
 
 class CartConfig(BaseModel):

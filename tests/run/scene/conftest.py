@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,8 +17,10 @@ from edge_runtime.demo.cart_scenes import CartScenario, cart_scenario
 from edge_runtime.features import colour_descriptor, compose
 from edge_runtime.head.model import Head, load_head
 from edge_runtime.preprocess import prepare_batch
+from edge_runtime.run.pipeline import RunOptions, RunSummary, run
 from edge_runtime.run.startup import bundle_profile, open_checked_backend
 from edge_runtime.types import Decision
+from tests.broker import Collector, Mosquitto
 from tests.faultkit import Assets
 
 
@@ -61,3 +64,29 @@ def cart_session() -> tuple[CartScenario, list[np.ndarray]]:
     scenario = cart_scenario(2, actions=4)
     assert "lighting" in scenario.features and scenario._lighting is not None
     return scenario, list(scenario.frames())
+
+
+def run_to_broker(
+    bundle: Path, video: Path, state: Path, broker: Mosquitto, device: str
+) -> tuple[RunSummary, list[Any]]:
+    """edge-run on ``video`` every frame, publishing to ``broker`` as ``device``: its summary and every message the
+    broker delivered on the device's topics while it ran (``Collector`` messages: topic, payload, retain)."""
+    collector = Collector(broker.host, broker.port, f"edge/{device}/#")
+    try:
+        summary = run(
+            RunOptions(
+                bundle=bundle,
+                source=str(video),
+                state_dir=state,
+                metrics_port=0,
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+                device_id=device,
+                every_frame=True,
+                handle_signals=False,
+                drain_timeout_s=15.0,
+            )
+        )
+        return summary, list(collector.messages)
+    finally:
+        collector.close()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge_runtime.demo.cart_scenes import CartScenario, write_scenario_video
-from edge_runtime.run.pipeline import RunOptions, run
 from tests.broker import Collector, Mosquitto
 from tests.faultkit import Assets, rebundle
+from tests.run.scene.conftest import run_to_broker
 
 DEVICE = "cart-scene"
 CART = {"kind": "cart", "cart": {"learn_frames": 15, "settle_s": 0.5, "gone_s": 0.6}}
@@ -32,27 +32,10 @@ def cart_run(
     video = write_scenario_video(scenario, work / "session", frames)
     bundle = rebundle(tiny_assets.bundle, work / "bundle", profile={"scene": CART})
     broker = session_mosquitto
-    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/#")
-    try:
-        summary = run(
-            RunOptions(
-                bundle=bundle,
-                source=str(video),
-                state_dir=work / "state",
-                metrics_port=0,
-                mqtt_host=broker.host,
-                mqtt_port=broker.port,
-                device_id=DEVICE,
-                every_frame=True,
-                handle_signals=False,
-                drain_timeout_s=15.0,
-            )
-        )
-        assert summary.drained
-        topics = [m.topic for m in collector.messages]
-        payloads = collector.payloads()
-    finally:
-        collector.close()
+    summary, messages = run_to_broker(bundle, video, work / "state", broker, DEVICE)
+    assert summary.drained
+    topics = [m.topic for m in messages]
+    payloads = [json.loads(m.payload) for m in messages]
     late = Collector(broker.host, broker.port, f"edge/{DEVICE}/cart")  # subscribes after the run: retained only
     try:
         assert late.wait_for(lambda p: len(p) >= 1, timeout=5.0)

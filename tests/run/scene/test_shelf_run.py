@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from edge_runtime.demo.shelf_scenes import SCENE_SIZE, shelf_scenarios, write_shelf_scenario
-from edge_runtime.run.pipeline import RunOptions, run
 from edge_runtime.run.scene.stage import SHELF_STATE_MIN_S
 from tests.broker import Collector, Mosquitto
 from tests.faultkit import Assets, rebundle
+from tests.run.scene.conftest import run_to_broker
 
 DEVICE = "shelf-scene"
 
@@ -35,26 +35,9 @@ def test_a_restock_gives_slot_events_and_a_retained_shelf(
     }
     bundle = rebundle(tiny_assets.bundle, work / "bundle", profile=profile)
     broker = session_mosquitto
-    collector = Collector(broker.host, broker.port, f"edge/{DEVICE}/#")
-    try:
-        summary = run(
-            RunOptions(
-                bundle=bundle,
-                source=str(video),
-                state_dir=work / "state",
-                metrics_port=0,
-                mqtt_host=broker.host,
-                mqtt_port=broker.port,
-                device_id=DEVICE,
-                every_frame=True,
-                handle_signals=False,
-                drain_timeout_s=15.0,
-            )
-        )
-        topics = [m.topic.rsplit("/", 1)[-1] for m in collector.messages]
-        payloads = collector.payloads()
-    finally:
-        collector.close()
+    summary, messages = run_to_broker(bundle, video, work / "state", broker, DEVICE)
+    topics = [m.topic.rsplit("/", 1)[-1] for m in messages]
+    payloads = [json.loads(m.payload) for m in messages]
     assert summary.drained and summary.frames_processed == labels["frames"]
     facings = sum(slot.get("facings", 1) for slot in labels["slots"])
     assert summary.regions == facings * labels["frames"]  # every facing recognised every frame

@@ -89,7 +89,7 @@ class SceneStage:
         self.triggers_rejected = 0
         self.seconds = 0.0  # time spent in on_frame, for the scene-cost figures
         self._shelf_last: dict[str, Any] | None = None  # the body of the last edge.shelf/1 sent
-        self._shelf_sent_ts = 0.0
+        self._shelf_checked_ts = 0.0  # when the shelf's state body was last built and compared
 
     def bind(self, send: Send) -> None:
         """Where messages go (``Stages.send``, which counts them by topic); set once, before the first frame."""
@@ -126,12 +126,12 @@ class SceneStage:
                 # and whenever its body changed without a slot changing state (a facing filled, another wrong
                 # product in a misplaced slot), at most once a SHELF_STATE_MIN_S, so the retained copy is never
                 # stale for longer than that and a flickering facing cannot flood the uplink.
-                state = self.shelf.state()
-                due = changes or self._shelf_last is None
-                due = due or (state != self._shelf_last and ts - self._shelf_sent_ts >= SHELF_STATE_MIN_S)
-                if due:
-                    self._send("shelf", shelf_message(state, device_id=self.device_id, ts=ts), True)
-                    self._shelf_last, self._shelf_sent_ts = state, ts
+                if changes or self._shelf_last is None or ts - self._shelf_checked_ts >= SHELF_STATE_MIN_S:
+                    state = self.shelf.state()  # built at most once a SHELF_STATE_MIN_S unless a slot changed
+                    self._shelf_checked_ts = ts
+                    if changes or state != self._shelf_last:
+                        self._send("shelf", shelf_message(state, device_id=self.device_id, ts=ts), True)
+                        self._shelf_last = state
             self._refresh_gauges()
         self.seconds += time.perf_counter() - t0
 

@@ -90,6 +90,7 @@ class Collector:
         if broker.credentials_file:
             self._client.username_pw_set(*read_credentials(Path(broker.credentials_file)))
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._worker = threading.Thread(target=self._work, name="review-collector", daemon=True)
@@ -121,12 +122,20 @@ class Collector:
             if reason.is_failure:
                 log.error("MQTT: the broker refused the collector: %s", reason)
                 return
+            # Connected means subscribed (on_subscribe): a redelivery from the broker needs the subscription, and
+            # a collector that has never connected has no session on the broker yet.
             client.subscribe([(topic, 1) for topic in self.topics])
-            self._connected.set()
-            self.metrics.connected.set(1)
-            log.info("MQTT: collecting %s from %s:%d", ", ".join(self.topics), self.broker.host, self.broker.port)
         except Exception:
             log.exception("MQTT: connect handling failed")
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any = None) -> None:
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("MQTT: the broker refused the collector's subscriptions: %s", ", ".join(refused))
+            return
+        self._connected.set()
+        self.metrics.connected.set(1)
+        log.info("MQTT: collecting %s from %s:%d", ", ".join(self.topics), self.broker.host, self.broker.port)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         self._connected.clear()

@@ -123,7 +123,7 @@ def edge_run(bundle: Path, video: Path, port: int, state: Path) -> dict[str, Any
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=enter)
         peak: dict[str, float] = {}
         while proc.poll() is None:
-            reading = read_process_memory(proc.pid)
+            reading = read_process_memory(proc.pid, shares=True)
             if reading is not None:
                 for key in ("hwm_mib", "anon_mib", "file_mib", "pss_mib"):
                     value = getattr(reading, key)

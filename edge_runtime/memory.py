@@ -100,8 +100,8 @@ class RssPeakSampler(PeakSampler):
 
 @dataclass(frozen=True)
 class ProcessMemory:
-    """One reading of a process's memory, MiB. ``pss_mib``/``uss_mib`` are None where the kernel has no
-    ``smaps_rollup`` (before Linux 4.14)."""
+    """One reading of a process's memory, MiB. ``pss_mib``/``uss_mib`` are None unless asked for (``shares``) and
+    where the kernel has no ``smaps_rollup`` (before Linux 4.14)."""
 
     rss_mib: float
     hwm_mib: float  # VmHWM: the resident high-water mark since the process started
@@ -152,13 +152,14 @@ def _kib_fields(path: str, wanted: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def read_process_memory(pid: int | str = "self") -> ProcessMemory | None:
-    """This (or another) process's memory from ``/proc/PID/status`` and ``smaps_rollup``; None where there is
-    no such process or no procfs (not Linux)."""
+def read_process_memory(pid: int | str = "self", *, shares: bool = False) -> ProcessMemory | None:
+    """This (or another) process's memory from ``/proc/PID/status``; None where there is no such process or no
+    procfs (not Linux). ``shares`` also reads PSS and USS from ``smaps_rollup``, which walks every mapping of the
+    process: for a benchmark, not for edge-run's once-a-second refresh."""
     status = _kib_fields(f"/proc/{pid}/status", ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"))
     if "VmRSS" not in status:
         return None
-    rollup = _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty"))
+    rollup = _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty")) if shares else {}
     return ProcessMemory(
         rss_mib=status["VmRSS"],
         hwm_mib=status.get("VmHWM", status["VmRSS"]),

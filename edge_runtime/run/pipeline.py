@@ -296,6 +296,7 @@ def run(options: RunOptions, stop_event: threading.Event | None = None) -> RunSu
         beat = Heartbeat(
             stages, publisher, metrics, health, bundle_id=bundle.bundle_id, device_id=device_id, backend=backend.name
         )
+        beat.refresh()  # the memory and outbox gauges hold real figures from the first scrape on
 
         # 7. Run until the source ends, a stage fails, the broker refuses us, or we are asked to stop.
         auth_error = _until_done(stages, publisher, beat, stop, options.heartbeat_s)
